@@ -1,0 +1,49 @@
+"""Atomic file writes: a reader sees the old file or the new one, never a partial one."""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Union
+
+PathLike = Union[str, os.PathLike]
+
+
+def atomic_write_text(path: PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` via a temp file in the same directory, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        # Leave no stray temp file behind, whatever interrupted us.
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        raise
+    _fsync_directory(path.parent)
+    return path
+
+
+def atomic_write_json(path: PathLike, payload: Any) -> Path:
+    """Serialise ``payload`` deterministically (sorted keys are NOT used: order is meaning)."""
+    text = json.dumps(payload, indent=2, allow_nan=False) + "\n"
+    return atomic_write_text(path, text)
+
+
+def _fsync_directory(directory: Path) -> None:
+    # The rename is durable only once the directory entry itself reaches the disk.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

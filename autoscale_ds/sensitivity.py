@@ -1,0 +1,127 @@
+"""How far each DDO weight moves under noise in the measured objectives.
+
+Small proxy runs are noisy: two seeds of the same mixture can differ by more than a
+single-domain perturbation changes the loss (DESIGN.md, "Noise is the enemy of small
+proxies"). We redo the whole fit + solve on objectives perturbed by multiplicative
+Gaussian noise and report, per domain, the spread of the resulting weight. The noise level
+is either given (relative sigma) or estimated from runs that share identical token counts
+(e.g. the base run repeated with several seeds).
+"""
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional
+
+import numpy as np
+
+from .ddo import DDOOptions, Design, solve_design
+from .errors import InputError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class WeightInterval:
+    weight: float
+    """Weight at the measured objectives."""
+    mean: float
+    std: float
+    lo: float
+    hi: float
+    base_weight: float
+    """Weight of this domain in the base run: where DDO started from."""
+    flat_fraction: float
+    """Share of noisy draws in which this domain's fit came out flat."""
+
+    @property
+    def move_within_noise(self) -> bool:
+        """True when the base weight lies inside the interval: DDO's move is not resolved."""
+        return self.lo <= self.base_weight <= self.hi
+
+    def to_dict(self) -> dict:
+        return {"weight": self.weight, "mean": self.mean, "std": self.std, "lo": self.lo,
+                "hi": self.hi, "base_weight": self.base_weight,
+                "flat_fraction": self.flat_fraction, "move_within_noise": self.move_within_noise}
+
+
+@dataclass
+class SensitivityReport:
+    relative_sigma: float
+    sigma_source: str
+    """"given" or "estimated from N replicate groups"."""
+    draws: int
+    coverage: float
+    intervals: Dict[str, WeightInterval]
+
+    def to_dict(self) -> dict:
+        return {"relative_sigma": self.relative_sigma, "sigma_source": self.sigma_source,
+                "draws": self.draws, "coverage": self.coverage,
+                "weights": {d: iv.to_dict() for d, iv in self.intervals.items()}}
+
+
+def estimate_relative_noise(design: Design) -> Optional[float]:
+    """Pooled relative standard deviation of objectives among identical-token runs."""
+    squares, dof = 0.0, 0
+    for group in design.replicate_groups:
+        values = design.objectives[group]
+        relative = values / values.mean()
+        squares += float(np.sum((relative - 1.0) ** 2))
+        dof += len(values) - 1
+    return math.sqrt(squares / dof) if dof else None
+
+
+def weight_intervals(
+    design: Design, options: DDOOptions, relative_sigma: Optional[float] = None,
+    draws: int = 200, seed: int = 0, coverage: float = 0.9,
+    progress: Optional[Callable[[int], None]] = None,
+) -> SensitivityReport:
+    """Monte-Carlo interval of each weight; ``progress(1)`` is called after each draw."""
+    sigma, source = _resolve_sigma(design, relative_sigma)
+    if draws < 2:
+        raise InputError(f"sensitivity needs at least 2 draws, got {draws}")
+    if not 0 < coverage < 1:
+        raise InputError(f"coverage must be in (0, 1), got {coverage}")
+    nominal = solve_design(design, options, warn=False)
+    rng = np.random.default_rng(seed)
+    samples = np.empty((draws, len(design.domains)))
+    flat = np.zeros(len(design.domains))
+    for k in range(draws):
+        noisy = design.objectives * (1.0 + sigma * rng.standard_normal(design.objectives.shape))
+        result = solve_design(design, options, objectives=np.maximum(noisy, 1e-12), warn=False)
+        tokens = result.optimal_tokens
+        samples[k] = tokens / tokens.sum()
+        flat += [fit.flat for fit in result.fits]
+        if progress:
+            progress(1)
+    intervals = _summarise(design, nominal, samples, flat / draws, coverage)
+    return SensitivityReport(sigma, source, draws, coverage, intervals)
+
+
+def _resolve_sigma(design: Design, relative_sigma: Optional[float]):
+    if relative_sigma is not None:
+        if not (relative_sigma >= 0 and math.isfinite(relative_sigma)):
+            raise InputError(f"noise sigma must be a non-negative number, got {relative_sigma!r}")
+        return float(relative_sigma), "given"
+    estimate = estimate_relative_noise(design)
+    if estimate is None:
+        raise InputError("no noise level given and none can be estimated: the runs file has no "
+                         "repeated runs (e.g. the base run with several seeds); pass --noise-sigma")
+    groups = len(design.replicate_groups)
+    return estimate, f"estimated from {groups} group(s) of repeated runs"
+
+
+def _summarise(design, nominal, samples, flat_fraction, coverage) -> Dict[str, WeightInterval]:
+    tail = (1.0 - coverage) / 2.0
+    lo = np.quantile(samples, tail, axis=0)
+    hi = np.quantile(samples, 1.0 - tail, axis=0)
+    base_weights = design.base_tokens / design.base_tokens.sum()
+    nominal_weights = nominal.weights
+    return {
+        domain: WeightInterval(
+            weight=nominal_weights[domain], mean=float(samples[:, i].mean()),
+            std=float(samples[:, i].std(ddof=1)), lo=float(lo[i]), hi=float(hi[i]),
+            base_weight=float(base_weights[i]), flat_fraction=float(flat_fraction[i]),
+        )
+        for i, domain in enumerate(design.domains)
+    }

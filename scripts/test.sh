@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One command from a fresh machine to a passing test run:
+#   create a virtualenv, install the project (CPU torch pinned) with its dev extra, run pytest.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -k ddo`.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+VENV="${AUTOSCALE_VENV:-.venv}"
+PYTHON="${PYTHON:-python3}"
+
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "==> creating virtualenv $VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+echo "==> installing (torch pinned to the CPU build 2.13.0)"
+# torch first and pinned: an unpinned torch (pulled in by megatron-core) is a multi-GB CUDA build.
+"$VENV/bin/pip" install --quiet --disable-pip-version-check "torch==2.13.0"
+"$VENV/bin/pip" install --quiet --disable-pip-version-check -e ".[dev]"
+
+# DeepSpeed/Triton JIT builds are cached inside the repo's ignored cache dir, not per test.
+export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions}"
+export MPLBACKEND=Agg
+
+echo "==> running tests"
+set +e
+"$VENV/bin/python" -m pytest tests "$@"
+status=$?
+set -e
+if [ "$status" -eq 5 ]; then
+    echo "ERROR: pytest collected no tests; that is a failure, not a pass" >&2
+    exit 1
+fi
+exit "$status"

@@ -1,0 +1,40 @@
+"""autoscale-ds: compute-optimal data mixtures for LLM pretraining (AutoScale / DDO)."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+
+def read_version() -> str:
+    for line in (HERE / "autoscale_ds" / "__init__.py").read_text().splitlines():
+        if line.startswith("__version__"):
+            return line.split("=")[1].strip().strip('"')
+    raise RuntimeError("no __version__ in autoscale_ds/__init__.py")
+
+
+setup(
+    name="autoscale-ds",
+    version=read_version(),
+    description="Scale-aware data mixtures (AutoScale, DDO) for DeepSpeed/Megatron pretraining",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["autoscale_ds", "autoscale_ds.*"]),
+    # The core (math, file formats, exporters, CLI) needs no torch: users run it on a laptop
+    # with numbers from their cluster. Training pieces bring torch through their own extras.
+    install_requires=[
+        "numpy>=1.22",
+        "scipy>=1.9",
+        "PyYAML>=6.0",
+        "matplotlib>=3.5",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "gpu": ["triton>=3.0"],
+        "megatron": ["megatron-core>=0.9"],
+        "dev": ["pytest>=7.0", "hypothesis>=6.0", "megatron-core>=0.9"],
+    },
+    entry_points={"console_scripts": ["autoscale=autoscale_ds.cli:main"]},
+)

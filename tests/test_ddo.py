@@ -1,0 +1,114 @@
+import math
+
+import numpy as np
+import pytest
+
+from autoscale_ds.ddo import DDOOptions, build_design, result_to_mixture, run_ddo
+from autoscale_ds.errors import InputError
+from autoscale_ds.formats import check_mixture, runs_from_dict
+from autoscale_ds.solve import solve_ddo
+
+from synthetic import make_runs
+
+DOMAINS = ["web", "code", "books", "wiki"]
+A = [0.5, 1.0, 0.2, 2.0]
+B = [0.8, 0.5, 1.2, 0.6]
+BASE = [4e6, 2e6, 1e6, 1e6]
+
+
+def _runs(**kwargs):
+    return runs_from_dict(make_runs(DOMAINS, A, B, BASE, **kwargs))
+
+
+def test_ddo_recovers_the_true_optimum_of_a_known_loss():
+    result = run_ddo(_runs(ratios=(0.2, 0.5, 2.0, 3.0)), DDOOptions())
+    for fit, a, b in zip(result.fits, A, B):
+        assert (fit.a, fit.b) == pytest.approx((a, b), abs=1e-6)
+    truth = solve_ddo(A, B, BASE, [0.2] * 4, [3.0] * 4)
+    assert result.solution.ratios == pytest.approx(truth.ratios, abs=1e-6)
+    assert result.solution.active == truth.active
+    weights = result.weights
+    assert math.fsum(weights.values()) == pytest.approx(1.0, abs=1e-15)
+
+
+def test_the_optimum_beats_the_base_on_the_true_loss():
+    from synthetic import objective
+
+    result = run_ddo(_runs(), DDOOptions())
+    base_loss = objective(np.ones(4), np.array(A), np.array(B))
+    assert objective(result.solution.ratios, np.array(A), np.array(B)) < base_loss
+
+
+def test_mixture_tokens_are_whole_and_sum_to_the_base_budget():
+    result = run_ddo(_runs(), DDOOptions())
+    mixture = result_to_mixture(result, {})
+    check_mixture(mixture)
+    assert mixture.total_tokens == sum(BASE)
+    assert all(isinstance(n, int) for n in mixture.tokens.values())
+    assert sum(mixture.tokens.values()) == sum(BASE)
+    assert set(mixture.provenance["active_bounds"]) == set(DOMAINS)
+
+
+def test_replicated_base_runs_are_found_and_grouped():
+    design = build_design(_runs(base_repeats=3, noise=0.01), DDOOptions())
+    assert design.base_runs == ["base-seed0", "base-seed1", "base-seed2"]
+    assert design.replicate_groups == [[0, 1, 2]]
+
+
+def test_default_bounds_are_the_ratios_tried_and_overrides_apply():
+    runs = _runs(ratios=(0.5, 2.0))
+    assert run_ddo(runs, DDOOptions()).lower.tolist() == [0.5] * 4
+    result = run_ddo(runs, DDOOptions(min_ratio=0.8, max_ratio=1.5, ratio_bounds={"wiki": (1.0, 1.0)}))
+    assert result.lower.tolist() == [0.8, 0.8, 0.8, 1.0]
+    assert result.upper.tolist() == [1.5, 1.5, 1.5, 1.0]
+    assert result.solution.active[3] == "fixed"
+
+
+def test_available_tokens_and_epochs_cap_a_domain():
+    uncapped = run_ddo(_runs(), DDOOptions())
+    books_tokens = uncapped.optimal_tokens[2]
+    assert books_tokens > 1.2e6  # books is the most valuable domain here
+    capped = run_ddo(_runs(), DDOOptions(available_tokens={"books": 0.6e6}, max_epochs=2))
+    assert capped.optimal_tokens[2] == pytest.approx(1.2e6)
+    assert capped.solution.active[2] == "upper"
+
+
+def test_cap_below_minimum_is_a_clear_error():
+    with pytest.raises(InputError, match="'books' needs at least .* max_epochs"):
+        run_ddo(_runs(), DDOOptions(available_tokens={"books": 1e5}))
+
+
+def test_loss_and_perplexity_objectives_convert():
+    loss_runs = make_runs(DOMAINS, A, B, BASE, metric="loss")
+    for run in loss_runs["runs"]:
+        run["eval"] = {"held_out": math.log(run["eval"]["held_out"])}
+    as_ppl = run_ddo(runs_from_dict(loss_runs), DDOOptions(metric="perplexity"))
+    direct = run_ddo(_runs(), DDOOptions())
+    assert as_ppl.solution.ratios == pytest.approx(direct.solution.ratios, rel=1e-9)
+
+
+def test_failed_runs_are_skipped_and_missing_data_is_named():
+    payload = make_runs(DOMAINS, A, B, BASE)
+    payload["runs"][1]["status"] = "failed"  # web at 0.2
+    with pytest.raises(InputError, match="'web' has 1 perturbed ratio"):
+        run_ddo(runs_from_dict(payload), DDOOptions())
+    result = run_ddo(runs_from_dict(payload), DDOOptions(allow_incomplete=True))
+    assert result.pinned == {"web": "too few perturbed runs"}
+    assert result.solution.ratios[0] == 1.0
+
+
+def test_runs_changing_two_domains_are_rejected():
+    payload = make_runs(DOMAINS, A, B, BASE)
+    payload["runs"][1]["train_tokens"]["code"] *= 2
+    with pytest.raises(InputError, match="changes 2 domains at once"):
+        run_ddo(runs_from_dict(payload), DDOOptions())
+
+
+def test_flat_domain_keeps_its_base_quantity(caplog):
+    payload = make_runs(DOMAINS, A, B, BASE)
+    for run in payload["runs"]:
+        if run["id"].startswith("wiki"):
+            run["eval"]["held_out"] = payload["runs"][0]["eval"]["held_out"] * 1.01
+    result = run_ddo(runs_from_dict(payload), DDOOptions())
+    assert "wiki" in result.pinned and result.solution.ratios[3] == 1.0
+    assert "flat fit" in caplog.text
