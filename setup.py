@@ -20,7 +20,7 @@ setup(
     description="Scale-aware data mixtures (AutoScale, DDO) for DeepSpeed/Megatron pretraining",
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     packages=find_packages(include=["autoscale_ds", "autoscale_ds.*"]),
     # The core (math, file formats, exporters, CLI) needs no torch: users run it on a laptop
     # with numbers from their cluster. Training pieces bring torch through their own extras.

@@ -28,6 +28,8 @@ from .formats import Mixture
 logger = logging.getLogger(__name__)
 
 _ALS_ITERATIONS = 30
+# A predicted weight within 1% of the proxy range is not flagged as leaving it.
+_RANGE_SLACK = 0.01
 
 
 @dataclass
@@ -203,6 +205,8 @@ def _solve_for_s(model: LogLinearModel, target: float, last: float) -> float:
     start = float(model.coordinates[0])
     if slope_at(start) < 0:
         start = brentq(slope_at, start, last) if slope_at(last) > 0 else last
+    if abs(excess(start)) <= 1e-12 * target:
+        return start
     if excess(start) > 0:
         smallest = float(model.tokens_at(start).sum())
         raise InputError(f"target of {target:,.0f} tokens is below what the trend reaches "
@@ -265,7 +269,7 @@ def _report(domains, ordered, raw_weights, weights, total, applied) -> Dict[str,
         history = [m.weights[domain] for m in ordered]
         observed = (history[-1] / history[-2]) ** (1.0 / proxy_doublings)
         predicted = (weights[i] / history[-1]) ** (1.0 / target_doublings) if target_doublings else 1.0
-        leaves = not (min(history) * (1 - 1e-9) <= raw_weights[i] <= max(history) * (1 + 1e-9))
+        leaves = not (min(history) * (1 - _RANGE_SLACK) <= raw_weights[i] <= max(history) * (1 + _RANGE_SLACK))
         report[domain] = DomainReport(
             [float(w) for w in history], float(raw_weights[i]), float(weights[i]), float(observed),
             float(predicted), bool(leaves), applied[i], _within_noise(domain, previous, last),

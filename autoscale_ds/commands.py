@@ -1,0 +1,290 @@
+"""Sub-commands of the ``autoscale`` CLI (parsing lives in :mod:`autoscale_ds.cli`)."""
+
+import logging
+import sys
+from pathlib import Path
+
+from .atomic import atomic_write_text
+from .cli import _domain_values, _float_of, _positive_float, file_digest, parse_token_count
+from .errors import InputError
+from .formats import load_mixture, load_runs, save_mixture
+from .tables import format_table, human_tokens
+
+logger = logging.getLogger(__name__)
+
+
+def register_all(commands, formatter) -> None:
+    for register in (_register_ddo, _register_predict, _register_export, _register_plot):
+        register(commands, formatter)
+
+
+# ---------------------------------------------------------------------------- ddo
+
+_DDO_EXAMPLE = """example:
+  autoscale ddo --runs runs_0.5M.json --out mixture_0.5M.json
+  autoscale ddo --runs runs.json --out m.json --metric loss --max-ratio 3 \\
+      --available-tokens wiki=2e6 --max-epochs 4 --noise-sigma 0.02
+"""
+
+
+def _register_ddo(commands, formatter):
+    p = commands.add_parser("ddo", help="optimal mixture at one budget from proxy runs",
+                            description="DDO: fit each domain's response to its perturbed runs "
+                            "and solve for the best mixture at the base run's budget.\n\n"
+                            + _DDO_EXAMPLE, formatter_class=formatter)
+    p.add_argument("--runs", required=True, help="autoscale.runs/v1 JSON file")
+    p.add_argument("--out", required=True, help="mixture file to write (autoscale.mixture/v1)")
+    p.add_argument("--metric", choices=["perplexity", "loss"], default=None,
+                   help="objective metric (default: the runs file's)")
+    p.add_argument("--min-ratio", type=_positive_float, default=None,
+                   help="lower bound on every domain's ratio to its base quantity "
+                   "(default: smallest ratio tried for that domain)")
+    p.add_argument("--max-ratio", type=_positive_float, default=None,
+                   help="upper bound (default: largest ratio tried for that domain)")
+    p.add_argument("--ratio-bounds", action="append", metavar="DOMAIN=LO:HI",
+                   help="per-domain ratio bounds, repeatable")
+    p.add_argument("--available-tokens", action="append", metavar="DOMAIN=TOKENS",
+                   help="tokens a domain has (caps its quantity with --max-epochs), repeatable")
+    p.add_argument("--max-epochs", type=_positive_float, default=1.0,
+                   help="passes allowed over a domain's available tokens")
+    p.add_argument("--eval-weight", action="append", metavar="EVAL_DOMAIN=W",
+                   help="weight of an eval domain in the objective (default: plain mean)")
+    p.add_argument("--base-run", default=None, help="id of the base run if ambiguous")
+    p.add_argument("--allow-incomplete", action="store_true",
+                   help="keep domains lacking perturbed runs at their base quantity")
+    p.add_argument("--noise-sigma", type=float, default=None,
+                   help="relative noise of a run's objective for the sensitivity report "
+                   "(default: estimated from repeated runs, if any)")
+    p.add_argument("--sensitivity-draws", type=int, default=100,
+                   help="Monte-Carlo draws of the sensitivity report (0 = off)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sensitivity draws")
+    p.set_defaults(handler=cmd_ddo)
+
+
+def _ddo_options(args):
+    from .ddo import DDOOptions
+
+    bounds = {}
+    for domain, text in _domain_values(args.ratio_bounds, "--ratio-bounds").items():
+        lo, sep, hi = text.partition(":")
+        if not sep:
+            raise InputError(f"--ratio-bounds expects DOMAIN=LO:HI, got {domain}={text}")
+        bounds[domain] = (_float_of(lo, "--ratio-bounds"), _float_of(hi, "--ratio-bounds"))
+    available = {d: parse_token_count(v) if v else 0.0
+                 for d, v in _domain_values(args.available_tokens, "--available-tokens").items()}
+    eval_weights = {d: _float_of(v, "--eval-weight")
+                    for d, v in _domain_values(args.eval_weight, "--eval-weight").items()}
+    return DDOOptions(metric=args.metric, eval_weights=eval_weights or None,
+                      min_ratio=args.min_ratio, max_ratio=args.max_ratio, ratio_bounds=bounds,
+                      available_tokens=available, max_epochs=args.max_epochs,
+                      base_run=args.base_run, allow_incomplete=args.allow_incomplete)
+
+
+def cmd_ddo(args) -> int:
+    from .ddo import build_design, result_to_mixture, solve_design
+
+    options = _ddo_options(args)
+    runs_file = load_runs(args.runs)
+    design = build_design(runs_file, options, source=args.runs)
+    _check_domains_known(options, design.domains)
+    result = solve_design(design, options)
+    provenance = {"runs_file": {"path": args.runs, "sha256": file_digest(args.runs)},
+                  "metric": options.metric or runs_file.metric,
+                  "base_runs": design.base_runs, "failed_runs": design.failed_runs}
+    mixture = result_to_mixture(result, provenance)
+    report = _sensitivity(design, options, args)
+    if report is not None:
+        mixture.provenance["sensitivity"] = report.to_dict()
+    save_mixture(args.out, mixture)
+    print(_ddo_table(result, report))
+    print(f"\nwrote {args.out}  (budget {human_tokens(mixture.total_tokens)} tokens)")
+    return 0
+
+
+def _check_domains_known(options, domains):
+    for flag, names in (("--ratio-bounds", options.ratio_bounds),
+                        ("--available-tokens", options.available_tokens)):
+        unknown = [d for d in names if d not in domains]
+        if unknown:
+            raise InputError(f"{flag} names unknown domain {unknown[0]!r}; domains are {domains}")
+
+
+def _sensitivity(design, options, args):
+    from .sensitivity import estimate_relative_noise, weight_intervals
+
+    if args.sensitivity_draws <= 0:
+        return None
+    if args.noise_sigma is None and estimate_relative_noise(design) is None:
+        logger.info("no repeated runs and no --noise-sigma: skipping the sensitivity report")
+        return None
+    from tqdm import tqdm
+
+    with tqdm(total=args.sensitivity_draws, desc="sensitivity", unit="draw",
+              disable=None, file=sys.stderr) as bar:
+        return weight_intervals(design, options, args.noise_sigma, draws=args.sensitivity_draws,
+                                seed=args.seed, progress=bar.update)
+
+
+def _ddo_table(result, report) -> str:
+    base_total = result.base_tokens.sum()
+    rows = []
+    for i, domain in enumerate(result.domains):
+        fit = result.fits[i]
+        row = [domain, result.base_tokens[i] / base_total, result.weights[domain],
+               float(result.solution.ratios[i]), result.solution.active[i] or "",
+               "flat" if fit.flat else f"a={fit.a:.3g} b={fit.b:.3g}"]
+        if report is not None:
+            iv = report.intervals[domain]
+            row += [f"[{iv.lo:.3f}, {iv.hi:.3f}]", "yes" if iv.move_within_noise else "no"]
+        rows.append(row)
+    headers = ["domain", "base w", "DDO w", "ratio", "bound", "fit"]
+    if report is not None:
+        headers += [f"{int(report.coverage * 100)}% interval", "within noise"]
+    return format_table(headers, rows)
+
+
+# ------------------------------------------------------------------------ predict
+
+_PREDICT_EXAMPLE = """example:
+  autoscale predict --mixture mixture_0.5M.json --mixture mixture_1.5M.json \\
+      --target-tokens 10B --out mixture_10B.json
+  autoscale predict --mixture a.json --mixture b.json --steps 1 --out next.json
+  autoscale predict --mixture a.json --mixture b.json --target-tokens 4.5M \\
+      --floor 0.02 --floor code=0.1 --max-change-per-doubling 1.5 --out c.json
+"""
+
+
+def _register_predict(commands, formatter):
+    p = commands.add_parser("predict", help="extrapolate DDO mixtures to a larger budget",
+                            description="AutoScale: fit log N_i linear in a shared coordinate "
+                            "across budgets and predict the mixture at the target.\n\n"
+                            + _PREDICT_EXAMPLE, formatter_class=formatter)
+    p.add_argument("--mixture", action="append", required=True,
+                   help="DDO mixture at one budget; give two or more")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--target-tokens", type=parse_token_count,
+                        help="total budget to predict for (e.g. 10B)")
+    target.add_argument("--steps", type=float,
+                        help="scale steps past the largest budget (1 = the paper's next scale "
+                        "N3 = N2^2 / N1)")
+    p.add_argument("--floor", action="append", metavar="[DOMAIN=]W",
+                   help="minimum weight (all domains, or one), repeatable")
+    p.add_argument("--max-change-per-doubling", type=float, default=None,
+                   help="factor >= 1 a weight may change by per doubling of budget")
+    p.add_argument("--out", required=True, help="mixture file to write")
+    p.set_defaults(handler=cmd_predict)
+
+
+def cmd_predict(args) -> int:
+    from .predict import PredictGuards, predict
+
+    mixtures = [load_mixture(path) for path in args.mixture]
+    floors = {d: _float_of(v, "--floor") for d, v in _domain_values(args.floor, "--floor", "*").items()}
+    unknown = [d for d in floors if d != "*" and d not in mixtures[0].weights]
+    if unknown:
+        raise InputError(f"--floor names unknown domain {unknown[0]!r}")
+    guards = PredictGuards(floor=floors, max_change_per_doubling=args.max_change_per_doubling)
+    prediction = predict(mixtures, target_tokens=args.target_tokens, steps=args.steps, guards=guards)
+    mixture = _prediction_mixture(prediction, args, guards)
+    save_mixture(args.out, mixture)
+    print(_predict_table(prediction))
+    residual = (f"{prediction.model.rms_log_residual:.3g}" if len(prediction.budgets) > 2
+                else "n/a (two budgets fit exactly)")
+    print(f"\ns = {prediction.s:.4f}; log-linear RMS residual: {residual}")
+    print(f"wrote {args.out}  (budget {human_tokens(mixture.total_tokens)} tokens)")
+    return 0
+
+
+def _prediction_mixture(prediction, args, guards):
+    from .ddo import integer_tokens
+    from .formats import Mixture
+    import numpy as np
+
+    domains = list(prediction.weights)
+    rounded = integer_tokens(np.array([prediction.tokens[d] for d in domains]))
+    provenance = {
+        "inputs": [{"path": p, "sha256": file_digest(p)} for p in args.mixture],
+        "budgets": prediction.budgets, "s": prediction.s,
+        "coordinates": prediction.model.coordinates.tolist(),
+        "rms_log_residual": prediction.model.rms_log_residual,
+        "guards": {"floor": guards.floor, "max_change_per_doubling": guards.max_change_per_doubling},
+        "report": {d: r.to_dict() for d, r in prediction.report.items()},
+    }
+    return Mixture(int(sum(rounded)), dict(prediction.weights), dict(zip(domains, rounded)),
+                   "autoscale", provenance)
+
+
+def _predict_table(prediction) -> str:
+    rows = []
+    for domain, r in prediction.report.items():
+        rows.append([domain, *r.proxy_weights, r.raw_weight, r.weight,
+                     f"x{r.observed_change_per_doubling:.3f}", f"x{r.predicted_change_per_doubling:.3f}",
+                     "LEAVES" if r.leaves_proxy_range else "", r.guard or "",
+                     {None: "", True: "yes", False: "no"}[r.trend_within_noise]])
+    budgets = [f"w@{human_tokens(b)}" for b in prediction.budgets]
+    headers = ["domain", *budgets, "model w", f"w@{human_tokens(prediction.total_tokens)}",
+               "obs/doubling", "pred/doubling", "range", "guard", "trend in noise"]
+    return format_table(headers, rows)
+
+
+# ------------------------------------------------------------------------- export
+
+_EXPORT_EXAMPLE = """example:
+  autoscale export mixture_10B.json --format megatron --data-paths paths.yaml
+  autoscale export mixture_10B.json --format gpt-neox --data-paths paths.yaml --out data.yml
+"""
+
+
+def _register_export(commands, formatter):
+    from .export import FORMATS
+
+    p = commands.add_parser("export", help="write a mixture in a training framework's format",
+                            description="Turn a mixture plus a domain -> data-path map into "
+                            "the config your trainer reads.\n\n" + _EXPORT_EXAMPLE,
+                            formatter_class=formatter)
+    p.add_argument("mixture", help="mixture file (autoscale.mixture/v1)")
+    p.add_argument("--format", required=True, choices=sorted(FORMATS), help="target format")
+    p.add_argument("--data-paths", required=True, help="YAML/JSON map of domain -> data path(s)")
+    p.add_argument("--out", default=None, help="file to write (default: stdout)")
+    p.set_defaults(handler=cmd_export)
+
+
+def cmd_export(args) -> int:
+    from .export import export_mixture, load_data_paths
+
+    mixture = load_mixture(args.mixture)
+    paths = load_data_paths(args.data_paths)
+    text = export_mixture(mixture.weights, paths, args.format)
+    if args.out:
+        atomic_write_text(args.out, text if text.endswith("\n") else text + "\n")
+        print(f"wrote {args.out} ({args.format})")
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
+# --------------------------------------------------------------------------- plot
+
+_PLOT_EXAMPLE = """example:
+  autoscale plot mixture_0.5M.json mixture_1.5M.json mixture_10B.json --out-dir plots/
+"""
+
+
+def _register_plot(commands, formatter):
+    p = commands.add_parser("plot", help="PNGs of fitted responses and weights across budgets",
+                            description="Draw each DDO mixture's fitted responses with their "
+                            "observed points, and the weights across all budgets given.\n\n"
+                            + _PLOT_EXAMPLE, formatter_class=formatter)
+    p.add_argument("mixtures", nargs="+", help="mixture files (DDO and/or predicted)")
+    p.add_argument("--out-dir", required=True, help="directory for the PNG files")
+    p.set_defaults(handler=cmd_plot)
+
+
+def cmd_plot(args) -> int:
+    from .plots import plot_mixtures
+
+    mixtures = [(path, load_mixture(path)) for path in args.mixtures]
+    written = plot_mixtures(mixtures, Path(args.out_dir))
+    for path in written:
+        print(f"wrote {path}")
+    return 0

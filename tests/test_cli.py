@@ -1,0 +1,191 @@
+"""The ``autoscale`` CLI end to end, and its behaviour on malformed input."""
+
+import json
+import string
+import subprocess
+import sys
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from autoscale_ds.cli import main
+
+from synthetic import make_runs
+
+DOMAINS = ["web", "code", "books"]
+
+
+def _write_runs(path, base_tokens, **kwargs):
+    payload = make_runs(DOMAINS, [0.5, 1.0, 0.2], [0.8, 0.5, 1.2], base_tokens, **kwargs)
+    path.write_text(json.dumps(payload))
+    return path
+
+
+def _run(argv, capsys):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def two_budgets(tmp_path, capsys):
+    small = _write_runs(tmp_path / "runs_small.json", [1e5, 1e5, 1e5], base_repeats=3, noise=0.002)
+    large = _write_runs(tmp_path / "runs_large.json", [3e5, 3e5, 3e5])
+    for runs, out in ((small, "m_small.json"), (large, "m_large.json")):
+        code, _, err = _run(["ddo", "--runs", runs, "--out", tmp_path / out,
+                             "--sensitivity-draws", 20], capsys)
+        assert code == 0, err
+    return tmp_path
+
+
+def test_ddo_writes_a_valid_mixture_and_prints_a_table(two_budgets, capsys):
+    code, out, _ = _run(["ddo", "--runs", two_budgets / "runs_small.json",
+                         "--out", two_budgets / "again.json", "--sensitivity-draws", 20], capsys)
+    assert code == 0
+    assert "domain" in out and "DDO w" in out and "90% interval" in out
+    mixture = json.loads((two_budgets / "m_small.json").read_text())
+    assert mixture["schema"] == "autoscale.mixture/v1" and mixture["method"] == "ddo"
+    assert sum(mixture["weights"].values()) == pytest.approx(1.0)
+    assert mixture["total_tokens"] == 300000
+    assert set(mixture["provenance"]["sensitivity"]["weights"]) == set(DOMAINS)
+    # Same input, same seed: byte-identical output.
+    assert (two_budgets / "again.json").read_bytes() == (two_budgets / "m_small.json").read_bytes()
+
+
+def test_predict_export_and_plot_chain(two_budgets, capsys):
+    d = two_budgets
+    code, out, err = _run(["predict", "--mixture", d / "m_small.json", "--mixture", d / "m_large.json",
+                           "--target-tokens", "10M", "--floor", "0.05", "--out", d / "m_10M.json"], capsys)
+    assert code == 0, err
+    predicted = json.loads((d / "m_10M.json").read_text())
+    assert predicted["total_tokens"] == 10_000_000 and predicted["method"] == "autoscale"
+    assert sum(predicted["tokens"].values()) == 10_000_000
+    assert min(predicted["weights"].values()) >= 0.05 - 1e-12
+    assert "obs/doubling" in out
+
+    code, _, err = _run(["predict", "--mixture", d / "m_small.json", "--mixture", d / "m_large.json",
+                         "--steps", "1", "--out", d / "m_next.json"], capsys)
+    assert code == 0, err
+    small, large = (json.loads((d / n).read_text())["tokens"] for n in ("m_small.json", "m_large.json"))
+    nxt = json.loads((d / "m_next.json").read_text())["tokens"]
+    for domain in DOMAINS:  # the paper's rule N3 = N2^2 / N1, to the whole token
+        assert abs(nxt[domain] - large[domain] ** 2 / small[domain]) <= 1.0
+
+    (d / "paths.yaml").write_text(yaml.safe_dump({k: f"/data/{k}_text_document" for k in DOMAINS}))
+    code, out, err = _run(["export", d / "m_10M.json", "--format", "megatron",
+                           "--data-paths", d / "paths.yaml"], capsys)
+    assert code == 0, err
+    fields = out.split()
+    assert fields[1::2] == [f"/data/{k}_text_document" for k in DOMAINS]
+    assert sum(map(float, fields[0::2])) == pytest.approx(1.0)
+
+    code, out, err = _run(["plot", d / "m_small.json", d / "m_large.json", d / "m_10M.json",
+                           "--out-dir", d / "plots"], capsys)
+    assert code == 0, err
+    pngs = sorted(p.name for p in (d / "plots").iterdir())
+    assert pngs == ["responses_300K.png", "responses_900K.png", "weights.png"]
+    assert all((d / "plots" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+@pytest.mark.parametrize("command", ["ddo", "predict", "export", "plot"])
+def test_every_command_has_help_with_an_example(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    assert "example:" in capsys.readouterr().out
+
+
+def test_console_script_entry_point_runs():
+    result = subprocess.run([sys.executable, "-m", "autoscale_ds", "--version"],
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.startswith("autoscale ")
+
+
+# ----------------------------------------------------------- malformed input files
+
+_json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | \
+    st.text(string.printable, max_size=8)
+_json_values = st.recursive(
+    _json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def _mutations(valid: dict):
+    """Valid documents with one field replaced by arbitrary JSON, or dropped."""
+    def mutate(args):
+        path, replacement, drop = args
+        doc = json.loads(json.dumps(valid))
+        node = doc
+        for key in path[:-1]:
+            node = node[key]
+        if drop:
+            node.pop(path[-1]) if isinstance(node, dict) else node.pop(path[-1] % len(node))
+        else:
+            node[path[-1]] = replacement
+        return doc
+
+    leaves = list(_paths(valid))
+    return st.tuples(st.sampled_from(leaves), _json_values, st.booleans()).map(mutate)
+
+
+def _paths(node, prefix=()):
+    items = node.items() if isinstance(node, dict) else enumerate(node)
+    for key, value in items:
+        yield prefix + (key,)
+        if isinstance(value, (dict, list)) and value:
+            yield from _paths(value, prefix + (key,))
+
+
+_VALID_RUNS = make_runs(DOMAINS, [0.5, 1.0, 0.2], [0.8, 0.5, 1.2], [1e5, 1e5, 1e5])
+_VALID_MIXTURE = {"schema": "autoscale.mixture/v1", "total_tokens": 1000,
+                  "weights": {"web": 0.25, "code": 0.75}, "tokens": {"web": 250, "code": 750},
+                  "method": "ddo", "provenance": {}}
+
+
+def _assert_clean_failure(code, err):
+    assert "Traceback" not in err
+    if code != 0:
+        assert code == 2
+        lines = [line for line in err.splitlines() if line.startswith("autoscale: error:")]
+        assert len(lines) == 1, err
+
+
+_settings = settings(max_examples=60, deadline=None,
+                     suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@_settings
+@given(document=_mutations(_VALID_RUNS) | _json_values)
+def test_malformed_runs_files_fail_cleanly(document, tmp_path, capsys):
+    runs = tmp_path / "runs.json"
+    runs.write_text(json.dumps(document))
+    code, _, err = _run(["ddo", "--runs", runs, "--out", tmp_path / "m.json",
+                         "--sensitivity-draws", "0"], capsys)
+    _assert_clean_failure(code, err)
+
+
+@_settings
+@given(document=_mutations(_VALID_MIXTURE) | _json_values)
+def test_malformed_mixture_files_fail_cleanly(document, tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(document))
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({**_VALID_MIXTURE, "total_tokens": 4000,
+                                "tokens": {"web": 1000, "code": 3000}}))
+    code, _, err = _run(["predict", "--mixture", bad, "--mixture", good, "--steps", "1",
+                         "--out", tmp_path / "o.json"], capsys)
+    _assert_clean_failure(code, err)
+
+
+@_settings
+@given(raw=st.binary(max_size=64))
+def test_arbitrary_bytes_fail_cleanly(raw, tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(raw)
+    code, _, err = _run(["ddo", "--runs", bad, "--out", tmp_path / "m.json"], capsys)
+    assert code == 2
+    _assert_clean_failure(code, err)

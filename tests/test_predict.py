@@ -1,0 +1,130 @@
+import math
+
+import numpy as np
+import pytest
+
+from autoscale_ds.errors import InputError
+from autoscale_ds.formats import Mixture
+from autoscale_ds.predict import PredictGuards, predict, project_capped_simplex
+
+SMALL = Mixture.from_tokens({"web": 1.0e5, "code": 2.0e5, "books": 7.0e5}, "ddo")
+LARGE = Mixture.from_tokens({"web": 3.0e5, "code": 5.0e5, "books": 12.0e5}, "ddo")
+
+
+@pytest.mark.parametrize("steps, mixture", [(0, LARGE)])
+def test_steps_zero_returns_the_largest_input(steps, mixture):
+    result = predict([SMALL, LARGE], steps=steps)
+    assert result.tokens == pytest.approx(mixture.tokens, rel=1e-12)
+
+
+def test_target_equal_to_an_input_budget_returns_that_input():
+    for mixture, s in ((SMALL, 0.0), (LARGE, 1.0)):
+        result = predict([SMALL, LARGE], target_tokens=mixture.total_tokens)
+        assert result.s == pytest.approx(s, abs=1e-9)
+        assert result.tokens == pytest.approx(mixture.tokens, rel=1e-9)
+
+
+def test_one_step_is_the_papers_next_scale_rule():
+    result = predict([LARGE, SMALL], steps=1)  # input order must not matter
+    expected = {d: LARGE.tokens[d] ** 2 / SMALL.tokens[d] for d in SMALL.tokens}
+    assert result.s == 2.0
+    assert result.tokens == pytest.approx(expected, rel=1e-12)
+    assert result.total_tokens == pytest.approx(sum(expected.values()), rel=1e-12)
+
+
+@pytest.mark.parametrize("target", [1.5e6, 2.5e6, 1e8, 1e10])
+def test_requested_total_is_hit_exactly(target):
+    result = predict([SMALL, LARGE], target_tokens=target)
+    assert math.fsum(result.tokens.values()) == pytest.approx(target, rel=1e-12)
+    # Every domain follows its own log-linear trend at the shared coordinate s.
+    for d in SMALL.tokens:
+        expected = SMALL.tokens[d] * (LARGE.tokens[d] / SMALL.tokens[d]) ** result.s
+        assert result.tokens[d] == pytest.approx(expected, rel=1e-9)
+
+
+def test_three_budgets_on_one_trend_fit_exactly_and_report_coordinates():
+    third = Mixture.from_tokens({d: LARGE.tokens[d] ** 2 / SMALL.tokens[d] for d in SMALL.tokens}, "ddo")
+    result = predict([SMALL, LARGE, third], steps=1)
+    assert result.model.coordinates == pytest.approx([0, 1, 2], abs=1e-9)
+    assert result.model.rms_log_residual < 1e-9
+    expected = {d: SMALL.tokens[d] * (LARGE.tokens[d] / SMALL.tokens[d]) ** 3 for d in SMALL.tokens}
+    assert result.tokens == pytest.approx(expected, rel=1e-8)
+
+
+def test_inconsistent_third_budget_shows_a_residual():
+    odd = Mixture.from_tokens({"web": 2.0e6, "code": 1.0e6, "books": 1.0e6}, "ddo")
+    result = predict([SMALL, LARGE, odd], target_tokens=1e7)
+    assert result.model.rms_log_residual > 0.05
+    assert math.fsum(result.tokens.values()) == pytest.approx(1e7, rel=1e-12)
+
+
+def test_report_flags_weights_leaving_the_proxy_range_and_change_per_doubling():
+    result = predict([SMALL, LARGE], target_tokens=1e8)
+    web = result.report["web"]
+    assert web.leaves_proxy_range
+    observed = (LARGE.weights["web"] / SMALL.weights["web"]) ** (1 / math.log2(2.0))
+    assert web.observed_change_per_doubling == pytest.approx(observed)
+    assert web.predicted_change_per_doubling > 1.0  # web keeps growing
+    assert result.report["books"].predicted_change_per_doubling < 1.0
+
+
+def test_floor_and_change_cap_bound_the_prediction():
+    raw = predict([SMALL, LARGE], target_tokens=1e8)
+    doublings = math.log2(1e8 / LARGE.total_tokens)
+    # The unguarded trend shrinks books faster than the cap allows.
+    assert raw.weights["books"] < LARGE.weights["books"] / 1.25 ** doublings
+    guards = PredictGuards(floor={"*": 0.1}, max_change_per_doubling=1.25)
+    guarded = predict([SMALL, LARGE], target_tokens=1e8, guards=guards)
+    assert sum(guarded.weights.values()) == pytest.approx(1.0, abs=1e-12)
+    for d, w in guarded.weights.items():
+        assert w >= 0.1 - 1e-12
+        factor = w / LARGE.weights[d]
+        assert 1.25 ** -doublings - 1e-9 <= factor <= 1.25 ** doublings + 1e-9
+    assert guarded.report["books"].guard in ("floor", "change cap")
+    assert sum(guarded.tokens.values()) == pytest.approx(1e8)
+
+
+def test_trend_within_noise_uses_sensitivity_intervals():
+    def with_interval(mixture, half_width):
+        copy = Mixture(mixture.total_tokens, mixture.weights, mixture.tokens, "ddo", {})
+        copy.provenance["sensitivity"] = {"weights": {
+            d: {"lo": w - half_width, "hi": w + half_width} for d, w in mixture.weights.items()}}
+        return copy
+
+    wide = predict([with_interval(SMALL, 0.2), with_interval(LARGE, 0.2)], steps=1)
+    narrow = predict([with_interval(SMALL, 0.001), with_interval(LARGE, 0.001)], steps=1)
+    assert all(r.trend_within_noise for r in wide.report.values())
+    assert not any(r.trend_within_noise for r in narrow.report.values())
+    assert predict([SMALL, LARGE], steps=1).report["web"].trend_within_noise is None
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"steps": 1, "target_tokens": 1e9}, "exactly one"),
+    ({}, "exactly one"),
+    ({"target_tokens": 10.0}, "below what the trend reaches"),
+    ({"target_tokens": -5.0}, "positive"),
+])
+def test_bad_requests_are_clear_errors(kwargs, message):
+    with pytest.raises(InputError, match=message):
+        predict([SMALL, LARGE], **kwargs)
+
+
+def test_mismatched_or_degenerate_inputs_are_clear_errors():
+    other = Mixture.from_tokens({"web": 1.0, "code": 1.0}, "ddo")
+    with pytest.raises(InputError, match="different domains"):
+        predict([SMALL, other], steps=1)
+    with pytest.raises(InputError, match="same budget"):
+        predict([SMALL, SMALL], steps=1)
+    with pytest.raises(InputError, match="two or more"):
+        predict([SMALL], steps=1)
+    zero = Mixture.from_tokens({"web": 0.0, "code": 5e5, "books": 5e5}, "ddo")
+    with pytest.raises(InputError, match="no tokens"):
+        predict([zero, LARGE], steps=1)
+
+
+def test_capped_simplex_projection_keeps_ratios_of_free_domains():
+    weights = np.array([0.7, 0.2, 0.1])
+    projected = project_capped_simplex(weights, np.array([0, 0, 0.3]), np.ones(3))
+    assert projected.sum() == pytest.approx(1.0)
+    assert projected[2] == pytest.approx(0.3)
+    assert projected[0] / projected[1] == pytest.approx(3.5)

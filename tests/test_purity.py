@@ -1,0 +1,39 @@
+"""The math, file formats, exporters and CLI must never import the training stack."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+PURE_MODULES = [
+    "autoscale_ds", "autoscale_ds.fit", "autoscale_ds.solve", "autoscale_ds.ddo",
+    "autoscale_ds.predict", "autoscale_ds.sensitivity", "autoscale_ds.formats",
+    "autoscale_ds.export", "autoscale_ds.datapaths", "autoscale_ds.atomic",
+    "autoscale_ds.errors", "autoscale_ds.tables",
+]
+HEAVY = ["torch", "deepspeed", "transformers", "triton", "megatron"]
+
+_PROBE = """
+import importlib, json, sys
+for name in {modules!r}:
+    importlib.import_module(name)
+# The CLI builds its parser (all sub-commands registered) without the training stack too.
+from autoscale_ds.cli import build_parser
+build_parser()
+print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r})))
+"""
+
+
+def test_pure_modules_import_no_training_stack():
+    code = _PROBE.format(modules=PURE_MODULES, heavy=HEAVY)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+def test_the_probe_would_see_a_heavy_import():
+    # Guard against a probe that cannot fail: importing torch directly must be detected.
+    pytest.importorskip("torch")
+    code = "import torch\n" + _PROBE.format(modules=["autoscale_ds.fit"], heavy=HEAVY)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "torch" in json.loads(result.stdout.strip().splitlines()[-1])
