@@ -32,9 +32,16 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
+        # `autoscale prepare`: train/load tokenizers, read Parquet/Arrow/datasets sources.
+        "data": ["sentencepiece>=0.2", "tokenizers>=0.15", "pyarrow>=12"],
         "gpu": ["triton>=3.0"],
         "megatron": ["megatron-core>=0.9"],
-        "dev": ["pytest>=7.0", "hypothesis>=6.0", "megatron-core>=0.9"],
+        "dev": [
+            "pytest>=7.0", "hypothesis>=6.0", "megatron-core>=0.9",
+            "sentencepiece>=0.2", "tokenizers>=0.15", "pyarrow>=12",
+            # Only to write real `datasets.save_to_disk` directories in the tests.
+            "datasets>=2.14",
+        ],
     },
     entry_points={"console_scripts": ["autoscale=autoscale_ds.cli:main"]},
 )

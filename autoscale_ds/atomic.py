@@ -11,12 +11,18 @@ PathLike = Union[str, os.PathLike]
 
 def atomic_write_text(path: PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` via a temp file in the same directory, fsync, rename."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temp file in the same directory, fsync, rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        os.chmod(tmp_name, 0o666 & ~_current_umask())  # mkstemp's 0600 would hide results
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
@@ -33,6 +39,12 @@ def atomic_write_json(path: PathLike, payload: Any) -> Path:
     """Serialise ``payload`` deterministically (sorted keys are NOT used: order is meaning)."""
     text = json.dumps(payload, indent=2, allow_nan=False) + "\n"
     return atomic_write_text(path, text)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_directory(directory: Path) -> None:

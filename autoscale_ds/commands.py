@@ -14,7 +14,10 @@ logger = logging.getLogger(__name__)
 
 
 def register_all(commands, formatter) -> None:
-    for register in (_register_ddo, _register_predict, _register_export, _register_plot):
+    from .data.command import register as _register_prepare
+
+    for register in (_register_prepare, _register_ddo, _register_predict, _register_export,
+                     _register_plot):
         register(commands, formatter)
 
 

@@ -1,0 +1,1 @@
+"""Token data on disk: stores of tokenised documents and the samples built from them."""

@@ -1,0 +1,263 @@
+"""``autoscale prepare``: raw text per domain -> train/valid token stores + a manifest.
+
+Steps: resolve every domain's sources (all problems reported at once), get a tokenizer
+(train SentencePiece on a sample with the same number of characters from every domain, or
+load a local one), then per domain: split documents into train / held-out valid by a
+seeded choice, tokenise with worker processes, and write Megatron-format stores. The
+manifest is rewritten atomically after each domain, so a crash loses at most the domain in
+progress; a rerun skips domains whose inputs, tokenizer and settings are unchanged.
+"""
+
+import hashlib
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional
+
+import numpy as np
+
+from ..errors import InputError
+from .encode import encode_stream
+from .indexed import CorruptDataError, IndexedTokenStore, IndexedTokenWriter, optimal_token_dtype
+from .manifest import DomainEntry, Manifest, SplitEntry, load_manifest, save_manifest
+from .samples import stable_hash
+from .sources import DomainSpec, ResolvedDomain, count_documents, iter_documents, resolve
+from .tokenizer import Tokenizer, load_tokenizer, spec_for_path, train_sentencepiece
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1  # bump when the store layout or the split rule changes
+TOKENIZER_FILE = "tokenizer/tokenizer.model"
+
+
+@dataclass
+class PrepareConfig:
+    out_dir: str
+    domains: List[DomainSpec]
+    tokenizer: Optional[str] = None
+    """Local SentencePiece model file or Hugging Face tokenizer directory."""
+    train_vocab_size: Optional[int] = None
+    """Train a SentencePiece BPE model of this size instead."""
+    eod_token: Optional[str] = None
+    valid_fraction: float = 0.05
+    """Share of each domain's documents held out for validation (at least one document)."""
+    seed: int = 0
+    workers: int = 1
+    tokenizer_sample_chars: int = 2_000_000
+    """Characters drawn from EACH domain to train the tokenizer (balanced across domains)."""
+    progress: bool = True
+
+    def __post_init__(self):
+        problems = []
+        if (self.tokenizer is None) == (self.train_vocab_size is None):
+            problems.append("give exactly one of a tokenizer path (--tokenizer) or a vocabulary "
+                            "size to train (--train-tokenizer)")
+        if self.train_vocab_size is not None and self.train_vocab_size < 300:
+            problems.append(f"--train-tokenizer vocabulary must be >= 300 (256 byte pieces + "
+                            f"specials), got {self.train_vocab_size}")
+        if not 0 < self.valid_fraction < 1:
+            problems.append(f"valid fraction must be in (0, 1), got {self.valid_fraction}")
+        if self.workers < 1:
+            problems.append(f"workers must be >= 1, got {self.workers}")
+        if not self.domains:
+            problems.append("no domains given")
+        names = [d.name for d in self.domains]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            problems.append(f"domain names given twice: {duplicates}")
+        bad_names = [n for n in names if not n or "/" in n or n.startswith(".")]
+        if bad_names:
+            problems.append(f"domain names must be non-empty, without '/', not start with '.': {bad_names}")
+        if problems:
+            raise InputError("invalid prepare settings: " + "; ".join(problems))
+
+
+def prepare(config: PrepareConfig) -> Manifest:
+    out_dir = Path(config.out_dir)
+    resolved = _resolve_all(config.domains)
+    tokenizer = _get_tokenizer(config, resolved, out_dir)
+    manifest = Manifest(out_dir, _tokenizer_entry(tokenizer, out_dir), config.seed,
+                        config.valid_fraction)
+    previous = _previous_manifest(out_dir)
+    for domain in resolved:
+        manifest.domains[domain.spec.name] = _prepare_domain(domain, tokenizer, config, previous)
+        save_manifest(manifest)
+    logger.info("prepared %d domain(s) in %s", len(resolved), out_dir)
+    return manifest
+
+
+def _resolve_all(specs: List[DomainSpec]) -> List[ResolvedDomain]:
+    resolved, problems = [], []
+    for spec in specs:
+        try:
+            resolved.append(resolve(spec))
+        except InputError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise InputError("; ".join(problems))
+    return resolved
+
+
+def _previous_manifest(out_dir: Path) -> Optional[Manifest]:
+    if not (out_dir / "manifest.yaml").exists():
+        return None
+    try:
+        return load_manifest(out_dir / "manifest.yaml")
+    except InputError as exc:
+        logger.warning("ignoring unreadable previous manifest (%s); preparing every domain", exc)
+        return None
+
+
+def _tokenizer_entry(tokenizer: Tokenizer, out_dir: Path) -> dict:
+    entry = tokenizer.describe()
+    path = Path(entry["path"]).resolve()
+    # Inside the output directory the path is stored relative, so the directory can move.
+    if path.is_relative_to(out_dir.resolve()):
+        entry["path"] = str(path.relative_to(out_dir.resolve()))
+    return entry
+
+
+# ------------------------------------------------------------------------ tokenizer
+
+
+def _get_tokenizer(config: PrepareConfig, resolved: List[ResolvedDomain], out_dir: Path) -> Tokenizer:
+    if config.tokenizer is not None:
+        return load_tokenizer(spec_for_path(config.tokenizer, config.eod_token))
+    model_path = out_dir / TOKENIZER_FILE
+    stamp_path = model_path.with_suffix(".training.json")
+    fingerprint = _tokenizer_training_fingerprint(config, resolved)
+    if model_path.exists() and stamp_path.exists() and \
+            json.loads(stamp_path.read_text()).get("fingerprint") == fingerprint:
+        logger.info("tokenizer %s is up to date, reusing it", model_path)
+    else:
+        logger.info("training a %d-piece SentencePiece BPE tokenizer on %s characters per domain",
+                    config.train_vocab_size, f"{config.tokenizer_sample_chars:,}")
+        lines = _balanced_sample_lines(resolved, config.tokenizer_sample_chars, config.seed)
+        train_sentencepiece(lines, config.train_vocab_size, model_path)
+        stamp_path.write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
+    return load_tokenizer(spec_for_path(str(model_path), config.eod_token))
+
+
+def _tokenizer_training_fingerprint(config: PrepareConfig, resolved: List[ResolvedDomain]) -> str:
+    parts = [config.train_vocab_size, config.tokenizer_sample_chars, config.seed, FORMAT_VERSION]
+    parts += [(d.spec.name, d.fingerprint()) for d in resolved]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def _balanced_sample_lines(resolved: List[ResolvedDomain], chars_per_domain: int,
+                           seed: int) -> Iterator[str]:
+    """Lines of a seeded random subset of each domain's documents, ~equal characters each."""
+    for domain in resolved:
+        num_docs = count_documents(domain)
+        approx_chars = sum(_size_of(p) for p in domain.files)
+        keep_count = max(1, int(num_docs * min(1.0, chars_per_domain / max(approx_chars, 1))))
+        rng = np.random.default_rng([seed, stable_hash(domain.spec.name), 7])
+        keep = np.zeros(num_docs, dtype=bool)
+        keep[rng.permutation(num_docs)[:keep_count]] = True
+        budget = chars_per_domain
+        for index, text in enumerate(iter_documents(domain)):
+            if budget <= 0:
+                break
+            if keep[index]:
+                text = text[:budget]
+                budget -= len(text)
+                yield from text.split("\n")
+
+
+def _size_of(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+# --------------------------------------------------------------------------- domains
+
+
+def _domain_fingerprint(domain: ResolvedDomain, tokenizer: Tokenizer, config: PrepareConfig) -> str:
+    parts = [domain.fingerprint(), tokenizer.fingerprint(), tokenizer.eod_id, config.seed,
+             config.valid_fraction, FORMAT_VERSION]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def _prepare_domain(domain: ResolvedDomain, tokenizer: Tokenizer, config: PrepareConfig,
+                    previous: Optional[Manifest]) -> DomainEntry:
+    name = domain.spec.name
+    fingerprint = _domain_fingerprint(domain, tokenizer, config)
+    if _up_to_date(previous, name, fingerprint):
+        logger.info("domain %r is up to date, skipped", name)
+        return previous.domains[name]
+    if previous is not None and name in previous.domains:
+        logger.info("domain %r: inputs or settings changed, preparing it again", name)
+    return _tokenize_domain(domain, tokenizer, config, fingerprint)
+
+
+def _up_to_date(previous: Optional[Manifest], name: str, fingerprint: str) -> bool:
+    if previous is None or name not in previous.domains:
+        return False
+    if previous.domains[name].fingerprint != fingerprint:
+        return False
+    try:
+        for split in ("train", "valid"):
+            IndexedTokenStore(previous.prefix(name, split)).close()
+    except CorruptDataError as exc:
+        logger.warning("domain %r: existing store is damaged (%s); preparing it again", name, exc)
+        return False
+    return True
+
+
+def _tokenize_domain(domain: ResolvedDomain, tokenizer: Tokenizer, config: PrepareConfig,
+                     fingerprint: str) -> DomainEntry:
+    name = domain.spec.name
+    num_docs = count_documents(domain)
+    held_out = _valid_mask(name, num_docs, config.valid_fraction, config.seed)
+    prefixes = {split: f"{name}/{split}_text_document" for split in ("train", "valid")}
+    dtype = optimal_token_dtype(tokenizer.vocab_size)
+    counts = {"train": [0, 0], "valid": [0, 0]}
+    out_dir = Path(config.out_dir)
+    with IndexedTokenWriter(out_dir / prefixes["train"], dtype) as train, \
+            IndexedTokenWriter(out_dir / prefixes["valid"], dtype) as valid, \
+            _progress(config, num_docs, name) as bar:
+        # Whitespace-only documents become empty ones, which are skipped below.
+        texts = (text if text.strip() else "" for text in iter_documents(domain))
+        for index, ids in enumerate(encode_stream(texts, tokenizer.spec, config.workers)):
+            bar.update(1)
+            if not ids:
+                continue  # an empty document would be a lone end-of-document token
+            split = "valid" if held_out[index] else "train"
+            (valid if held_out[index] else train).add_document(ids + [tokenizer.eod_id])
+            counts[split][0] += 1
+            counts[split][1] += len(ids) + 1
+        _check_not_empty(name, counts, domain)
+    splits = {s: SplitEntry(prefixes[s], *counts[s]) for s in counts}
+    logger.info("domain %r: %s train tokens in %d documents, %s valid tokens in %d documents",
+                name, f"{counts['train'][1]:,}", counts["train"][0], f"{counts['valid'][1]:,}",
+                counts["valid"][0])
+    return DomainEntry(splits["train"], splits["valid"], [str(p) for p in domain.files], fingerprint)
+
+
+def _valid_mask(name: str, num_docs: int, fraction: float, seed: int) -> np.ndarray:
+    """Seeded choice of held-out documents: same seed and inputs, same split."""
+    if num_docs < 2:
+        raise InputError(f"domain {name!r} has {num_docs} document(s); at least 2 are needed to "
+                         "hold one out for validation")
+    num_valid = min(num_docs - 1, max(1, round(fraction * num_docs)))
+    rng = np.random.default_rng([seed, stable_hash(name), 11])
+    mask = np.zeros(num_docs, dtype=bool)
+    mask[rng.permutation(num_docs)[:num_valid]] = True
+    return mask
+
+
+def _check_not_empty(name: str, counts: Dict[str, list], domain: ResolvedDomain) -> None:
+    for split, (documents, _) in counts.items():
+        if documents == 0:
+            raise InputError(f"domain {name!r} has no non-empty {split} documents (sources: "
+                             f"{domain.spec.sources}); add text or change --valid-fraction")
+
+
+def _progress(config: PrepareConfig, total: int, name: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"tokenize {name}", unit="doc", file=sys.stderr,
+                disable=not config.progress or None)

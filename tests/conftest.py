@@ -1,0 +1,23 @@
+"""Shared fixtures: a real multi-domain corpus, tokenised once per test session."""
+
+import pytest
+
+from autoscale_ds.data.builtin_corpus import build_builtin_corpus
+from autoscale_ds.data.prepare import PrepareConfig, prepare
+
+CORPUS_DOMAINS = ["code", "docstrings", "comments", "reference"]
+
+
+@pytest.fixture(scope="session")
+def raw_corpus(tmp_path_factory):
+    """Four domains of real text cut from this Python's standard library (JSONL specs)."""
+    out = tmp_path_factory.mktemp("raw_corpus")
+    return build_builtin_corpus(out, max_chars_per_domain=120_000, domains=CORPUS_DOMAINS)
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory, raw_corpus):
+    """The raw corpus tokenised with a locally trained 1000-piece SentencePiece model."""
+    out = tmp_path_factory.mktemp("prepared")
+    return prepare(PrepareConfig(out_dir=str(out), domains=raw_corpus, train_vocab_size=1000,
+                                 valid_fraction=0.1, seed=0, progress=False))
