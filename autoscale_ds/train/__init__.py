@@ -1,0 +1,1 @@
+"""Training-side helpers: proxy-model training and the per-domain loss it logs."""
