@@ -34,6 +34,8 @@ setup(
     extras_require={
         # `autoscale prepare`: train/load tokenizers, read Parquet/Arrow/datasets sources.
         "data": ["sentencepiece>=0.2", "tokenizers>=0.15", "pyarrow>=12"],
+        # Proxy and target training: DeepSpeed engine, transformers models, TensorBoard logs.
+        "train": ["deepspeed>=0.14", "transformers>=4.40", "tensorboard>=2.10"],
         "gpu": ["triton>=3.0"],
         "megatron": ["megatron-core>=0.9"],
         "dev": [
@@ -41,6 +43,9 @@ setup(
             "sentencepiece>=0.2", "tokenizers>=0.15", "pyarrow>=12",
             # Only to write real `datasets.save_to_disk` directories in the tests.
             "datasets>=2.14",
+            "deepspeed>=0.14", "transformers>=4.40", "tensorboard>=2.10",
+            # The fused kernel is tested on CPU through the Triton interpreter.
+            "triton>=3.0",
         ],
     },
     entry_points={"console_scripts": ["autoscale=autoscale_ds.cli:main"]},

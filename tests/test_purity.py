@@ -13,6 +13,7 @@ PURE_MODULES = [
     "autoscale_ds.errors", "autoscale_ds.tables",
     "autoscale_ds.data.indexed", "autoscale_ds.data.samples", "autoscale_ds.data.manifest",
     "autoscale_ds.data.sources", "autoscale_ds.data.prepare", "autoscale_ds.data.builtin_corpus",
+    "autoscale_ds.train.plan", "autoscale_ds.train.presets", "autoscale_ds.train.config",
 ]
 HEAVY = ["torch", "deepspeed", "transformers", "triton", "megatron"]
 

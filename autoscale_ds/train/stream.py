@@ -1,0 +1,44 @@
+"""The run's training stream: which sample every rank sees at every micro-step.
+
+The blended stream (see :mod:`autoscale_ds.data.blend`) fixes, for each global position,
+the domain and that domain's running sample number; optimizer step ``s`` consumes positions
+``[s*G, (s+1)*G)`` (G = global batch). Within a step, micro-batch ``a`` of rank ``r`` takes
+``m`` consecutive positions at ``s*G + (a*W + r)*m`` (m = micro batch, W = world size), so
+the ranks partition every step and a resumed run continues at the same position.
+"""
+
+from typing import Dict, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..data.blend import blend_indices
+from .plan import BatchTriple, SamplePlan
+
+
+class TrainStream:
+    def __init__(self, sources: Sequence, plan: SamplePlan, triple: BatchTriple, rank: int):
+        self.sources = list(sources)
+        self.plan = plan
+        self.triple = triple
+        self.rank = rank
+        self.domain_index, self.domain_sample_index = blend_indices(plan.weights, plan.total_samples)
+
+    def positions(self, step: int, accumulation_index: int) -> np.ndarray:
+        micro, world = self.triple.micro_batch_size, self.triple.world_size
+        start = step * self.triple.global_batch_size + (accumulation_index * world + self.rank) * micro
+        return np.arange(start, start + micro)
+
+    def micro_batch(self, step: int, accumulation_index: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(tokens [m, seq_len + 1], domain ids [m], global sample ids [m])."""
+        positions = self.positions(step, accumulation_index)
+        rows = [self.sources[self.domain_index[p]][int(self.domain_sample_index[p])] for p in positions]
+        tokens = torch.from_numpy(np.stack(rows)).long()
+        domains = torch.from_numpy(self.domain_index[positions].astype(np.int64))
+        return tokens, domains, torch.from_numpy(positions.astype(np.int64))
+
+    def tokens_consumed(self, steps: int) -> Dict[str, int]:
+        """Tokens of each domain in the first ``steps`` optimizer steps (all ranks)."""
+        consumed = self.domain_index[: steps * self.triple.global_batch_size]
+        counts = np.bincount(consumed, minlength=len(self.plan.domains))
+        return {d: int(counts[i]) * self.plan.seq_len for i, d in enumerate(self.plan.domains)}

@@ -1,0 +1,313 @@
+"""The DeepSpeed training loop behind `launchers/train.py`.
+
+One run: budget per domain -> whole samples -> a blended, rank-sharded stream -> a proxy
+model in a DeepSpeed engine -> warmup + cosine schedule -> per-domain loss tracking ->
+periodic eval and checkpoints -> one row of ``autoscale.runs/v1`` in ``result.json``.
+A NaN/inf or diverging loss ends the run as ``status: failed`` with the reason.
+"""
+
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+
+from ..atomic import atomic_write_json
+from ..data.manifest import load_manifest
+from ..data.samples import DomainSamples
+from ..errors import InputError
+from ..formats import RUNS_SCHEMA, load_mixture
+from .config import TrainConfig
+from .distributed import barrier, ensure_launcher_env, is_main_process, rank, world_size
+from .evaluate import build_eval_set, evaluate
+from .models import build_model, causal_batch, count_parameters, masked_batch
+from .plan import BatchTriple, SamplePlan, derive_batch_triple, learning_rate_at, plan_samples
+from .stream import TrainStream
+
+logger = logging.getLogger(__name__)
+
+EXIT_RUN_FAILED = 3
+_LOSS_EMA_DECAY = 0.9
+_CHECKPOINTS_KEPT = 2
+
+
+class RunFailed(Exception):
+    """The run itself failed (NaN, divergence): recorded as a result, not a crash."""
+
+
+@dataclass
+class RunState:
+    """Everything besides the engine that a checkpoint must restore."""
+
+    step: int = 0
+    loss_ema: Optional[float] = None
+    best_loss_ema: Optional[float] = None
+    step_losses: List[float] = field(default_factory=list)
+    domain_loss_sums: List[float] = field(default_factory=list)
+    domain_token_counts: List[float] = field(default_factory=list)
+    evals: List[dict] = field(default_factory=list)
+
+
+def resolve_budget(config: TrainConfig) -> Dict[str, float]:
+    if config.tokens_per_domain:
+        return dict(config.tokens_per_domain)
+    mixture = load_mixture(config.mixture)
+    total = config.total_tokens or mixture.total_tokens
+    return {domain: weight * total for domain, weight in mixture.weights.items()}
+
+
+def build_ds_config(config: TrainConfig, triple: BatchTriple, on_gpu: bool) -> dict:
+    """The DeepSpeed config: the user's ZeRO settings + what must agree with the run config."""
+    ds = json.loads(Path(config.ds_config).read_text()) if config.ds_config else {}
+    overridden = [k for k in ("train_batch_size", "train_micro_batch_size_per_gpu",
+                              "gradient_accumulation_steps", "optimizer", "scheduler") if k in ds]
+    if overridden:
+        logger.warning("ds_config sets %s; these come from the run config and are replaced", overridden)
+    ds.setdefault("zero_optimization", {})
+    if not config.ds_config:
+        ds["zero_optimization"]["stage"] = config.zero_stage
+    ds.update({
+        "train_micro_batch_size_per_gpu": triple.micro_batch_size,
+        "gradient_accumulation_steps": triple.accumulation_steps,
+        "train_batch_size": triple.global_batch_size,
+        "gradient_clipping": config.gradient_clipping,
+        "steps_per_print": ds.get("steps_per_print", 10**9),
+        # A torch optimizer: DeepSpeed's fused Adam needs a ~150 s JIT build on CPU.
+        "optimizer": {"type": "AdamW", "params": {"lr": config.learning_rate, "torch_adam": True,
+                      "weight_decay": config.weight_decay, "betas": [0.9, 0.95], "eps": 1e-8}},
+    })
+    ds.update(_precision(config, on_gpu))
+    ds.update(_monitors(config))
+    return ds
+
+
+def _precision(config: TrainConfig, on_gpu: bool) -> dict:
+    precision = config.precision
+    if precision == "auto":
+        precision = "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "fp32"
+    if precision != "fp32" and not on_gpu:
+        raise InputError(f"precision {precision} needs a GPU; use fp32 (or auto) on CPU")
+    return {"bf16": {"enabled": precision == "bf16"}, "fp16": {"enabled": precision == "fp16"}}
+
+
+def _monitors(config: TrainConfig) -> dict:
+    path = str(Path(config.output_dir) / "monitor")
+    return {"csv_monitor": {"enabled": "csv" in config.monitor, "output_path": path,
+                            "job_name": config.run_id},
+            "tensorboard": {"enabled": "tensorboard" in config.monitor, "output_path": path,
+                            "job_name": config.run_id}}
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.output_dir = Path(config.output_dir)
+        self.manifest = load_manifest(config.manifest)
+        budget = resolve_budget(config)
+        unknown = [d for d in budget if d not in self.manifest.domains]
+        if unknown:
+            raise InputError(f"budget names domain(s) {unknown} that the manifest "
+                             f"{config.manifest} does not have ({sorted(self.manifest.domains)})")
+        self.triple = derive_batch_triple(config.global_batch_size, config.micro_batch_size, world_size())
+        self.plan: SamplePlan = plan_samples(budget, config.seq_len, config.global_batch_size)
+        self.vocab_size = int(self.manifest.tokenizer["vocab_size"])
+        self.sources = [DomainSamples(self.manifest.open_store(d), config.seq_len, config.seed, d,
+                                      config.max_epochs) for d in self.plan.domains]
+        self.epochs = {s.name: s.plan(self.plan.samples_per_domain[s.name]).epochs for s in self.sources}
+        self.stream = TrainStream(self.sources, self.plan, self.triple, rank())
+        self.state = RunState(domain_loss_sums=[0.0] * len(self.plan.domains),
+                              domain_token_counts=[0.0] * len(self.plan.domains))
+        self.engine = None
+
+    # ------------------------------------------------------------------ set-up
+
+    def _build_engine(self):
+        import deepspeed
+
+        on_gpu = torch.cuda.is_available()
+        torch.manual_seed(self.config.seed)  # same initial weights for every run of a sweep
+        model = build_model(self.config.model_family, self.config.model_size, self.vocab_size,
+                            self.config.seq_len, self.config.dropout)
+        if is_main_process():
+            logger.info("model %s-%s: %s parameters", self.config.model_family,
+                        self.config.model_size, f"{count_parameters(model):,}")
+        warmup = max(1, round(self.config.warmup_fraction * self.plan.total_steps))
+        peak, floor = self.config.learning_rate, self.config.learning_rate * self.config.min_lr_ratio
+
+        def schedule(optimizer):
+            return torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda step: learning_rate_at(step, self.plan.total_steps, warmup, peak, floor) / peak)
+
+        engine, _, _, _ = deepspeed.initialize(
+            model=model, model_parameters=model.parameters(), lr_scheduler=schedule,
+            config=build_ds_config(self.config, self.triple, on_gpu))
+        self.engine = engine
+        self.warmup_steps = warmup
+
+    def _checkpoint_dir(self) -> Path:
+        return self.output_dir / "checkpoints"
+
+    def _resume(self) -> None:
+        latest = self._checkpoint_dir() / "latest"
+        if not latest.exists():
+            return
+        _, client = self.engine.load_checkpoint(str(self._checkpoint_dir()))
+        if client is None or client.get("fingerprint") != self.config.fingerprint():
+            raise InputError(f"checkpoint in {self._checkpoint_dir()} belongs to a different run "
+                             "config; use a new output_dir or delete the checkpoints")
+        self.state = RunState(**client["run_state"])
+        torch.set_rng_state(client["torch_rng"])
+        logger.info("resumed from step %d", self.state.step)
+
+    def _save_checkpoint(self) -> None:
+        tag = f"step_{self.state.step:08d}"
+        client = {"fingerprint": self.config.fingerprint(), "run_state": vars(self.state).copy(),
+                  "torch_rng": torch.get_rng_state()}
+        self.engine.save_checkpoint(str(self._checkpoint_dir()), tag=tag, client_state=client)
+        barrier()
+        if is_main_process():
+            self._prune_checkpoints()
+
+    def _prune_checkpoints(self) -> None:
+        tags = sorted(p for p in self._checkpoint_dir().glob("step_*") if p.is_dir())
+        for old in tags[:-_CHECKPOINTS_KEPT]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    # ------------------------------------------------------------------ training
+
+    def _loss_fn(self):
+        from .domain_loss import per_domain_cross_entropy
+
+        return lambda logits, labels, domains, num: per_domain_cross_entropy(logits, labels, domains, num)
+
+    def _micro_step(self, step: int, accumulation_index: int):
+        tokens, domain_ids, sample_ids = self.stream.micro_batch(step, accumulation_index)
+        if self.config.model_family == "bert":
+            inputs, labels = masked_batch(tokens, sample_ids, self.vocab_size, self.config.seed)
+        else:
+            inputs, labels = causal_batch(tokens)
+        device = self.engine.device
+        logits = self.engine(input_ids=inputs.to(device)).logits
+        result = self._loss_fn()(logits, labels.to(device), domain_ids.to(device), len(self.plan.domains))
+        self.engine.backward(result.loss)
+        self.engine.step()
+        return result
+
+    def _train_step(self) -> float:
+        from .domain_loss import reduce_across_ranks
+
+        sums = torch.zeros(len(self.plan.domains), dtype=torch.float64)
+        counts = torch.zeros_like(sums)
+        for accumulation_index in range(self.triple.accumulation_steps):
+            result = reduce_across_ranks(self._micro_step(self.state.step, accumulation_index))
+            sums += result.loss_sum_per_domain.double().cpu()
+            counts += result.tokens_per_domain.double().cpu()
+        step_loss = float(sums.sum() / counts.sum().clamp_min(1))
+        for i in range(len(sums)):
+            self.state.domain_loss_sums[i] += float(sums[i])
+            self.state.domain_token_counts[i] += float(counts[i])
+        self._monitor_step(step_loss, sums, counts)
+        return step_loss
+
+    def _check_health(self, step_loss: float) -> None:
+        state = self.state
+        if not math.isfinite(step_loss):
+            raise RunFailed(f"loss became {step_loss} at step {state.step}")
+        state.loss_ema = step_loss if state.loss_ema is None else \
+            _LOSS_EMA_DECAY * state.loss_ema + (1 - _LOSS_EMA_DECAY) * step_loss
+        state.best_loss_ema = min(state.best_loss_ema or math.inf, state.loss_ema)
+        if state.step >= self.warmup_steps and \
+                state.loss_ema > self.config.divergence_factor * state.best_loss_ema:
+            raise RunFailed(f"diverged at step {state.step}: smoothed loss {state.loss_ema:.4g} is "
+                            f"over {self.config.divergence_factor:g}x the best {state.best_loss_ema:.4g}")
+
+    def _monitor_step(self, step_loss: float, sums, counts) -> None:
+        monitor = getattr(self.engine, "monitor", None)
+        if monitor is None or not monitor.enabled:
+            return
+        step = self.state.step + 1
+        events = [("Train/loss", step_loss, step), ("Train/lr", self.engine.get_lr()[0], step)]
+        events += [(f"Train/loss/{d}", float(sums[i] / counts[i]), step)
+                   for i, d in enumerate(self.plan.domains) if counts[i] > 0]
+        monitor.write_events(events)
+
+    def _evaluate(self, eval_set) -> dict:
+        result = evaluate(self.engine.module, eval_set, self.config.micro_batch_size, rank(),
+                          world_size(), self.config.model_family, self.vocab_size,
+                          self.config.seed, self._loss_fn())
+        result["step"] = self.state.step
+        self.state.evals.append(result)
+        monitor = getattr(self.engine, "monitor", None)
+        if monitor is not None and monitor.enabled:
+            monitor.write_events([(f"Eval/ppl/{d}", v, self.state.step)
+                                  for d, v in result["perplexity"].items()])
+        return result
+
+    def run(self) -> dict:
+        """Train to the end (or failure) and return the runs-file row."""
+        started = time.time()
+        self._build_engine()
+        self._resume()
+        eval_set = build_eval_set(self.manifest, self.plan.domains, self.config.seq_len,
+                                  self.config.seed, self.config.eval_samples_per_domain)
+        status, reason, final_eval = "ok", None, None
+        try:
+            self._loop(eval_set)
+            final_eval = self._evaluate(eval_set)
+            self._save_checkpoint()
+        except RunFailed as failure:
+            status, reason = "failed", str(failure)
+            logger.error("run %s failed: %s", self.config.run_id, reason)
+        row = self._result_row(status, reason, final_eval, time.time() - started)
+        if is_main_process():
+            atomic_write_json(self.output_dir / "result.json",
+                              {"schema": RUNS_SCHEMA, "metric": "perplexity", "runs": [row]})
+        return row
+
+    def _loop(self, eval_set) -> None:
+        config = self.config
+        with _progress(self.plan.total_steps, self.state.step, config.progress) as bar:
+            while self.state.step < self.plan.total_steps:
+                step_loss = self._train_step()
+                self._check_health(step_loss)
+                self.state.step_losses.append(step_loss)
+                self.state.step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{step_loss:.3f}")
+                if config.eval_interval_steps and self.state.step % config.eval_interval_steps == 0 \
+                        and self.state.step < self.plan.total_steps:
+                    self._evaluate(eval_set)
+                if config.checkpoint_interval_steps and \
+                        self.state.step % config.checkpoint_interval_steps == 0:
+                    self._save_checkpoint()
+
+    def _result_row(self, status, reason, final_eval, seconds) -> dict:
+        consumed = self.stream.tokens_consumed(self.state.step)
+        row = {"id": self.config.run_id, "train_tokens": consumed,
+               "eval": final_eval["perplexity"] if final_eval else {}, "status": status,
+               "eval_loss": final_eval["loss"] if final_eval else {},
+               "steps": self.state.step, "planned_steps": self.plan.total_steps,
+               "epochs": self.epochs, "seed": self.config.seed,
+               "config_fingerprint": self.config.fingerprint(), "wall_seconds": round(seconds, 3),
+               "step_losses": self.state.step_losses, "evals": self.state.evals}
+        if reason:
+            row["reason"] = reason
+        return row
+
+
+def _progress(total: int, done: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, desc="train", unit="step", file=sys.stderr,
+                disable=not (enabled and is_main_process()) or None)
+
+
+def train(config: TrainConfig) -> dict:
+    ensure_launcher_env()
+    return Trainer(config).run()
