@@ -63,7 +63,8 @@ def _torchrun(nproc):
 
 
 def test_single_process_trains_exact_budget_and_writes_a_runs_row(tmp_path, prepared):
-    config = _config(tmp_path, prepared)
+    pytest.importorskip("tensorboard")
+    config = _config(tmp_path, prepared, monitor=["csv", "tensorboard"])
     _train(config, launcher=[sys.executable])
     row = _row(config)
     assert row["status"] == "ok"
@@ -73,8 +74,10 @@ def test_single_process_trains_exact_budget_and_writes_a_runs_row(tmp_path, prep
     assert set(row["eval"]) == {"code", "docstrings", "comments", "reference"}
     assert all(1.0 < v < 1e4 for v in row["eval"].values())
     assert row["step_losses"][-1] < row["step_losses"][0]  # it learns
-    monitor_files = list((tmp_path / "run" / "monitor").rglob("*.csv"))
-    assert any("loss" in f.name for f in monitor_files)
+    monitor = tmp_path / "run" / "monitor"
+    assert {"Train_loss.csv", "Train_loss_code.csv", "Eval_ppl_code.csv"} <= \
+        {f.name for f in monitor.rglob("*.csv")}
+    assert list(monitor.rglob("events.out.tfevents.*"))  # TensorBoard
 
 
 def test_two_processes_match_one_process(tmp_path, prepared):
