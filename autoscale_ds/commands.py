@@ -16,9 +16,29 @@ logger = logging.getLogger(__name__)
 def register_all(commands, formatter) -> None:
     from .data.command import register as _register_prepare
 
-    for register in (_register_prepare, _register_ddo, _register_predict, _register_export,
-                     _register_plot):
+    for register in (_register_prepare, _register_ddo_run, _register_ddo, _register_predict,
+                     _register_export, _register_plot):
         register(commands, formatter)
+
+
+def _register_ddo_run(commands, formatter):
+    from .orchestrate.ddo_run import EXAMPLE
+
+    p = commands.add_parser("ddo-run", help="run a DDO proxy sweep (plan, train, solve)",
+                            description="Plan the 2m+1 proxy runs of one budget, train the "
+                            "missing ones, then fit and solve (same as launchers/ddo.py).\n\n"
+                            + EXAMPLE, formatter_class=formatter)
+    p.add_argument("--config", required=True, help="sweep config (YAML)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a sweep setting (YAML value), repeatable")
+    p.set_defaults(handler=lambda args: _ddo_run(args))
+
+
+def _ddo_run(args) -> int:
+    from .orchestrate.ddo_run import run_from_config
+    from .train.launch import overrides_from
+
+    return run_from_config(args.config, overrides_from(args.set))
 
 
 # ---------------------------------------------------------------------------- ddo

@@ -106,6 +106,7 @@ def _monitors(config: TrainConfig) -> dict:
 
 class Trainer:
     def __init__(self, config: TrainConfig):
+        ensure_launcher_env()
         self.config = config
         self.output_dir = Path(config.output_dir)
         self.manifest = load_manifest(config.manifest)
@@ -298,6 +299,7 @@ class Trainer:
                "step_losses": self.state.step_losses, "evals": self.state.evals}
         if reason:
             row["reason"] = reason
+            row["failure_kind"] = "training"  # deterministic: rerunning would fail the same way
         return row
 
 

@@ -1,0 +1,68 @@
+"""``launchers/ddo.py`` / ``autoscale ddo-run``: one DDO sweep from a YAML config."""
+
+import logging
+import sys
+
+from ..errors import InputError
+from ..tables import format_table, human_tokens
+
+logger = logging.getLogger(__name__)
+
+EXAMPLE = """example (DDO.yaml):
+  manifest: prepared/manifest.yaml
+  output_dir: sweeps/ddo_500K
+  budget_tokens: 500000          # total tokens of the base run (uniform over domains)
+  seeds: [0, 1, 2]               # the base run repeated: its spread is the noise estimate
+  train: {model_size: tiny, seq_len: 128, micro_batch_size: 8, global_batch_size: 16}
+  executor: {kind: local, workers: 2}     # or inprocess, or slurm
+
+  autoscale ddo-run --config DDO.yaml
+  deepspeed --num_gpus 8 launchers/ddo.py --config DDO.yaml   # in-process on all GPUs
+"""
+
+
+def run_from_config(path: str, overrides=None) -> int:
+    from .runner import run_sweep
+    from .sweep import load_sweep_config
+
+    config = load_sweep_config(path, overrides)
+    result = run_sweep(config)
+    _print_summary(result)
+    return 0
+
+
+def _print_summary(result) -> None:
+    from ..train.distributed import is_main_process
+
+    if not is_main_process():
+        return
+    mixture = result.mixture
+    rows = [[d, w, mixture.tokens[d], mixture.provenance["active_bounds"].get(d) or "",
+             result.pinned.get(d, "")] for d, w in mixture.weights.items()]
+    print(format_table(["domain", "weight", "tokens", "bound", "kept at base because"], rows))
+    print(f"\ntrained {len(result.trained)} run(s) now; failed runs: {result.failed or 'none'}")
+    print(f"wrote {result.mixture_path} (budget {human_tokens(mixture.total_tokens)} tokens) "
+          f"and {result.runs_path}")
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    from ..train.launch import overrides_from
+
+    parser = argparse.ArgumentParser(description="Run a DDO proxy sweep.\n\n" + EXAMPLE,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return run_from_config(args.config, overrides_from(args.set))
+    except InputError as exc:
+        print(f"ddo-run: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

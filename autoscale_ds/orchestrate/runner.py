@@ -1,0 +1,127 @@
+"""Run a DDO sweep end to end: lock, plan, skip what is done, execute, solve, write.
+
+Crash safety comes from three rules: results are recorded one row at a time by atomic
+rewrites of the runs file; a run whose own result.json exists (it finished but the
+orchestrator died before recording it) is recorded without training again; and the
+mixture and plots are written atomically only after the last row is in.
+"""
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+from ..ddo import DDOOptions, build_design, result_to_mixture, solve_design
+from ..errors import InputError
+from ..formats import Mixture, runs_from_dict, save_mixture
+from .executors import existing_result, make_executor
+from .lock import DirectoryLock
+from .runs_store import RunsStore
+from .sweep import ProxyRun, SweepConfig, plan_sweep
+
+logger = logging.getLogger(__name__)
+
+RUNS_FILE = "runs.json"
+MIXTURE_FILE = "mixture.json"
+
+
+@dataclass
+class SweepResult:
+    mixture: Mixture
+    mixture_path: Path
+    runs_path: Path
+    trained: List[str]
+    """Run ids trained in this invocation (the rest were already done)."""
+    failed: List[str]
+    pinned: dict
+
+
+def run_sweep(config: SweepConfig, executor=None) -> SweepResult:
+    out = Path(config.output_dir)
+    from ..train.distributed import is_main_process
+
+    lock = DirectoryLock(out).acquire() if is_main_process() else None
+    try:
+        return _run_locked(config, out, executor or make_executor(config.executor))
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(config: SweepConfig, out: Path, executor) -> SweepResult:
+    runs = plan_sweep(config)
+    store = RunsStore(out / RUNS_FILE, [r.run_id for r in runs])
+    pending = _pending(runs, store, config.retry_failed)
+    logger.info("sweep %s: %d runs planned, %d to train", out, len(runs), len(pending))
+    executor.execute(pending, lambda run, row: store.record(run.run_id, run.key, row))
+    mixture, pinned = _solve(config, out, store, runs)
+    failed = [r["id"] for r in store.failed()]
+    return SweepResult(mixture, out / MIXTURE_FILE, out / RUNS_FILE,
+                       [r.run_id for r in pending], failed, pinned)
+
+
+def _pending(runs: List[ProxyRun], store: RunsStore, retry_failed: bool) -> List[ProxyRun]:
+    pending = []
+    for run in runs:
+        if store.done(run.key, retry_failed):
+            continue
+        finished = existing_result(run)
+        if finished is not None and (finished["status"] == "ok" or not retry_failed):
+            # It finished (or failed deterministically) but the orchestrator died first.
+            logger.info("run %s ended earlier; recording its result without training", run.run_id)
+            store.record(run.run_id, run.key, finished)
+            continue
+        pending.append(run)
+    return pending
+
+
+def ddo_options(config: SweepConfig) -> DDOOptions:
+    settings = {k: v for k, v in config.ddo.items() if k not in ("noise_sigma", "sensitivity_draws")}
+    settings.setdefault("allow_incomplete", True)  # failed runs must not sink the whole sweep
+    try:
+        return DDOOptions(**settings)
+    except TypeError as exc:
+        raise InputError(f"sweep config: ddo: {exc}") from None
+
+
+def _solve(config: SweepConfig, out: Path, store: RunsStore, runs: List[ProxyRun]):
+    rows = store.rows_for([r.key for r in runs])
+    runs_file = runs_from_dict({"schema": "autoscale.runs/v1", "metric": "perplexity", "runs": rows},
+                               source=str(out / RUNS_FILE))
+    options = ddo_options(config)
+    design = build_design(runs_file, options, source=str(out / RUNS_FILE))
+    result = solve_design(design, options)
+    if result.pinned:
+        logger.warning("domains kept at their base quantity: %s", result.pinned)
+    provenance = {"runs_file": {"path": RUNS_FILE, "sha256": _sha256(out / RUNS_FILE)},
+                  "metric": "perplexity", "base_runs": design.base_runs,
+                  "failed_runs": design.failed_runs, "sweep_budget_tokens": config.budget_tokens}
+    mixture = result_to_mixture(result, provenance)
+    report = _sensitivity(design, options, config)
+    if report is not None:
+        mixture.provenance["sensitivity"] = report.to_dict()
+    save_mixture(out / MIXTURE_FILE, mixture)
+    _plots(mixture, out)
+    return mixture, result.pinned
+
+
+def _sensitivity(design, options, config: SweepConfig):
+    from ..sensitivity import estimate_relative_noise, weight_intervals
+
+    draws = int(config.ddo.get("sensitivity_draws", 100))
+    sigma = config.ddo.get("noise_sigma")
+    if draws <= 0 or (sigma is None and estimate_relative_noise(design) is None):
+        return None
+    return weight_intervals(design, options, sigma, draws=draws, seed=0)
+
+
+def _plots(mixture: Mixture, out: Path) -> None:
+    from ..plots import plot_responses
+
+    plot_responses(mixture, out / "responses.png")
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -1,0 +1,191 @@
+"""A DDO sweep: plan the 2m+1 proxy runs of one budget, run what is missing, solve.
+
+Each run is keyed by the fingerprint of its complete training config, so a restarted sweep
+skips every run whose row is already in the sweep's runs file, and a changed setting makes
+new runs instead of silently reusing old ones. Rows are kept in plan order and carry only
+deterministic fields (no timings), so a sweep that was killed and restarted any number of
+times ends with the same bytes as one that never stopped.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+from ..atomic import atomic_write_text
+from ..data.manifest import load_manifest
+from ..errors import InputError
+from ..train.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RATIOS = {"gpt2": (0.2, 3.0), "bert": (1 / 3, 2.0)}  # AutoScale paper, Sec. 5
+_RESERVED_TRAIN_KEYS = ("manifest", "output_dir", "tokens_per_domain", "mixture", "total_tokens",
+                        "run_id", "seed")
+
+
+@dataclass
+class SweepConfig:
+    manifest: str
+    output_dir: str
+    budget_tokens: float
+    """Total training tokens of the base run."""
+    domains: Optional[List[str]] = None
+    """Domains to mix (default: all in the manifest)."""
+    base_weights: Any = "uniform"
+    """uniform, tokens (proportional to each domain's training tokens), or {domain: weight}."""
+    ratios: Optional[List[float]] = None
+    """Perturbation ratios (default: 1/5 and 3 for GPT-2, 1/3 and 2 for BERT)."""
+    seeds: List[int] = field(default_factory=lambda: [0])
+    """The base run is repeated for every seed (its spread is the noise estimate)."""
+    train: Dict[str, Any] = field(default_factory=dict)
+    """Training settings shared by every proxy run (any launchers/train.py setting)."""
+    executor: Dict[str, Any] = field(default_factory=lambda: {"kind": "local", "workers": 1})
+    ddo: Dict[str, Any] = field(default_factory=dict)
+    """autoscale ddo options: min_ratio, max_ratio, noise_sigma, sensitivity_draws, metric."""
+    retry_failed: bool = False
+
+    def __post_init__(self):
+        problems = []
+        if not (isinstance(self.budget_tokens, (int, float)) and self.budget_tokens > 0):
+            problems.append(f"budget_tokens must be positive, got {self.budget_tokens!r}")
+        if self.ratios is not None and (not self.ratios or any(not (r > 0 and r != 1) for r in self.ratios)):
+            problems.append(f"ratios must be positive and != 1, got {self.ratios!r}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            problems.append(f"seeds must be distinct and non-empty, got {self.seeds!r}")
+        reserved = [k for k in self.train if k in _RESERVED_TRAIN_KEYS]
+        if reserved:
+            problems.append(f"train: {reserved} are set by the sweep itself")
+        if problems:
+            raise InputError("invalid sweep config:\n  - " + "\n  - ".join(problems))
+
+    @property
+    def family(self) -> str:
+        return self.train.get("model_family", "gpt2")
+
+    def perturbation_ratios(self) -> List[float]:
+        return list(self.ratios) if self.ratios else list(DEFAULT_RATIOS.get(self.family, (0.2, 3.0)))
+
+
+def load_sweep_config(path, overrides: Optional[dict] = None) -> SweepConfig:
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise InputError(f"sweep config {path}: cannot read ({exc})") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"sweep config {path}: expected a mapping of settings")
+    raw.update(overrides or {})
+    known = set(SweepConfig.__dataclass_fields__)
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise InputError(f"sweep config {path}: unknown setting(s) {unknown}; known: {sorted(known)}")
+    try:
+        return SweepConfig(**raw)
+    except TypeError as exc:
+        raise InputError(f"sweep config {path}: {exc}") from None
+
+
+@dataclass
+class ProxyRun:
+    run_id: str
+    config: TrainConfig
+
+    @property
+    def key(self) -> str:
+        return self.config.fingerprint()
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.config.output_dir)
+
+    @property
+    def config_path(self) -> Path:
+        return self.output_dir / "config.yaml"
+
+    def write_config(self) -> Path:
+        atomic_write_text(self.config_path, yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+        return self.config_path
+
+
+def base_tokens(config: SweepConfig) -> Dict[str, float]:
+    manifest = load_manifest(config.manifest)
+    domains = config.domains or list(manifest.domains)
+    missing = [d for d in domains if d not in manifest.domains]
+    if missing:
+        raise InputError(f"sweep domains {missing} are not in {config.manifest}")
+    weights = _base_weights(config.base_weights, domains, manifest)
+    return {d: config.budget_tokens * weights[d] for d in domains}
+
+
+def _base_weights(spec, domains, manifest) -> Dict[str, float]:
+    if spec == "uniform":
+        return {d: 1.0 / len(domains) for d in domains}
+    if spec == "tokens":
+        sizes = {d: manifest.domains[d].train.tokens for d in domains}
+        return {d: n / sum(sizes.values()) for d, n in sizes.items()}
+    if isinstance(spec, dict) and set(spec) == set(domains) and all(
+            isinstance(v, (int, float)) and v > 0 for v in spec.values()):
+        total = sum(spec.values())
+        return {d: spec[d] / total for d in domains}
+    raise InputError(f"base_weights must be 'uniform', 'tokens' or a positive weight per domain "
+                     f"{domains}, got {spec!r}")
+
+
+def plan_sweep(config: SweepConfig) -> List[ProxyRun]:
+    """The base run (once per seed) and each domain at each ratio (first seed), in order.
+
+    Quantities are whole samples and every run fills whole optimizer steps, so the trainer
+    consumes exactly what is planned. The base absorbs its own rounding; a perturbed run
+    absorbs it in the perturbed domain only (by less than one global batch), so the other
+    domains keep exactly the base quantities and DDO sees single-domain perturbations. The
+    fit uses the ratios actually trained, not the nominal ones.
+    """
+    defaults = TrainConfig.__dataclass_fields__
+    seq_len = int(config.train.get("seq_len", defaults["seq_len"].default))
+    batch = int(config.train.get("global_batch_size", defaults["global_batch_size"].default))
+    base = _base_samples(base_tokens(config), seq_len, batch)
+    runs = [_proxy(config, f"base-s{seed}", _tokens(base, seq_len), seed) for seed in config.seeds]
+    for domain in base:
+        for ratio in config.perturbation_ratios():
+            samples = dict(base, **{domain: _perturbed_samples(base, domain, ratio, batch)})
+            runs.append(_proxy(config, f"{domain}-x{ratio:.4g}", _tokens(samples, seq_len),
+                               config.seeds[0]))
+    return runs
+
+
+def _base_samples(tokens: Dict[str, float], seq_len: int, batch: int) -> Dict[str, int]:
+    samples = {d: int(n // seq_len) for d, n in tokens.items()}
+    for _ in range(sum(samples.values()) % batch):
+        largest = max(samples, key=lambda d: samples[d])
+        samples[largest] -= 1
+    too_small = [d for d, n in samples.items() if n < 1]
+    if too_small:
+        raise InputError(f"budget_tokens gives domains {too_small} less than one sample of "
+                         f"{seq_len} tokens in the base run; raise budget_tokens")
+    return samples
+
+
+def _perturbed_samples(base: Dict[str, int], domain: str, ratio: float, batch: int) -> int:
+    others = sum(n for d, n in base.items() if d != domain)
+    target = max(1, round(base[domain] * ratio))
+    low = target - (others + target) % batch  # nearest counts that fill whole steps
+    candidates = [n for n in (low, low + batch) if n >= 1]
+    return min(candidates, key=lambda n: (abs(n - target), n))
+
+
+def _tokens(samples: Dict[str, int], seq_len: int) -> Dict[str, int]:
+    return {d: n * seq_len for d, n in samples.items()}
+
+
+def _proxy(config: SweepConfig, run_id: str, tokens: Dict[str, float], seed: int) -> ProxyRun:
+    settings = dict(config.train)
+    settings.setdefault("progress", False)
+    try:
+        train = TrainConfig(manifest=str(Path(config.manifest).resolve()),
+                            output_dir=str(Path(config.output_dir).resolve() / "runs" / run_id),
+                            tokens_per_domain=tokens, run_id=run_id, seed=seed, **settings)
+    except TypeError as exc:  # an unknown key under `train:`
+        raise InputError(f"sweep config: train: {exc}") from None
+    return ProxyRun(run_id, train)
