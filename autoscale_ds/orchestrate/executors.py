@@ -54,8 +54,9 @@ class InProcessExecutor:
             logger.info("run %s: training in this process", run.run_id)
             try:
                 row = Trainer(run.config).run()
-            except InputError as exc:
-                row = failure_row(run.run_id, _planned_tokens(run), f"bad input: {exc}", run.config.seed)
+            except InputError as exc:  # e.g. a budget the data cannot serve: rerunning won't help
+                row = failure_row(run.run_id, _planned_tokens(run), f"bad input: {exc}",
+                                  run.config.seed, kind="input")
             except Exception as exc:  # a dying proxy is a recorded result, not the sweep's end
                 logger.exception("run %s crashed", run.run_id)
                 row = failure_row(run.run_id, _planned_tokens(run), f"crashed: {exc!r}", run.config.seed)
@@ -126,9 +127,10 @@ class LocalProcessExecutor:
         if row is not None:
             return row
         tail = log_path.read_text(errors="replace")[-_STDERR_TAIL_CHARS:] if log_path.exists() else ""
+        kind = "input" if returncode == 2 else "crash"  # 2: the trainer rejected its input
         return failure_row(run.run_id, _planned_tokens(run),
                            f"process exited with code {returncode} without a result; log tail: {tail}",
-                           run.config.seed)
+                           run.config.seed, kind=kind)
 
 
 def make_executor(spec: dict):

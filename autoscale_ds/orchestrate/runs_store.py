@@ -52,7 +52,7 @@ class RunsStore:
             return False
         if row["status"] == "ok":
             return True
-        return row.get("failure_kind") == "training" and not retry_failed
+        return row.get("failure_kind") in ("training", "input") and not retry_failed
 
     def record(self, run_id: str, key: str, row: dict) -> None:
         self.rows[key] = canonical_row(row, key)
@@ -71,10 +71,11 @@ class RunsStore:
 
 
 def failure_row(run_id: str, planned_tokens: Dict[str, float], reason: str,
-                seed: Optional[int] = None) -> dict:
-    """What we record for a run that produced no result of its own (killed, crashed)."""
+                seed: Optional[int] = None, kind: str = "crash") -> dict:
+    """What we record for a run that produced no result of its own: ``kind`` "crash"
+    (killed, died: retried on restart) or "input" (its config cannot run: not retried)."""
     row = {"id": run_id, "train_tokens": dict(planned_tokens), "eval": {}, "status": "failed",
-           "reason": reason, "failure_kind": "crash"}
+           "reason": reason, "failure_kind": kind}
     if seed is not None:
         row["seed"] = seed
     return row

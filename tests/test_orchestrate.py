@@ -1,0 +1,166 @@
+"""DDO sweeps end to end on CPU: planning, restart safety under SIGKILL, locking, failures."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from autoscale_ds.errors import InputError
+from autoscale_ds.orchestrate.lock import DirectoryLock
+from autoscale_ds.orchestrate.sweep import SweepConfig, plan_sweep
+
+pytest.importorskip("deepspeed")
+
+ROOT = Path(__file__).resolve().parent.parent
+DOMAINS = ["code", "docstrings", "comments"]
+
+
+def _env():
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
+    return env
+
+
+def _sweep_config(prepared, out: Path, **overrides) -> Path:
+    config = {
+        "manifest": str(prepared.root / "manifest.yaml"), "output_dir": str(out),
+        "budget_tokens": 6144, "domains": DOMAINS, "seeds": [0, 1],
+        "train": {"model_size": "tiny", "seq_len": 32, "micro_batch_size": 8,
+                  "global_batch_size": 8, "eval_samples_per_domain": 4, "learning_rate": 3e-3},
+        "executor": {"kind": "inprocess"}, "ddo": {"sensitivity_draws": 10},
+    }
+    config.update(overrides)
+    path = out.parent / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _orchestrate(config: Path, log: Path) -> subprocess.Popen:
+    handle = open(log, "w")
+    return subprocess.Popen([sys.executable, "-m", "autoscale_ds.orchestrate.ddo_run", "--config",
+                             str(config)], env=_env(), cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
+
+
+def _trained_in(log: Path):
+    return set(re.findall(r"run (\S+): training in this process", log.read_text()))
+
+
+def _finished_runs(out: Path):
+    done = set()
+    for result in (out / "runs").glob("*/result.json"):
+        done.add(json.loads(result.read_text())["runs"][0]["id"])
+    return done
+
+
+def test_sweep_plan_keeps_other_domains_at_base_and_fills_whole_steps(prepared, tmp_path):
+    config = SweepConfig(manifest=str(prepared.root / "manifest.yaml"), output_dir=str(tmp_path),
+                         budget_tokens=10_000, domains=DOMAINS, seeds=[0, 1, 2],
+                         train={"seq_len": 32, "global_batch_size": 8})
+    runs = plan_sweep(config)
+    assert [r.run_id for r in runs][:3] == ["base-s0", "base-s1", "base-s2"]
+    assert len(runs) == 3 + 2 * len(DOMAINS)
+    base = runs[0].config.tokens_per_domain
+    for run in runs:
+        tokens = run.config.tokens_per_domain
+        assert sum(tokens.values()) % (32 * 8) == 0 and all(n % 32 == 0 for n in tokens.values())
+        changed = [d for d in DOMAINS if tokens[d] != base[d]]
+        assert len(changed) == (0 if run.run_id.startswith("base") else 1)
+        if changed:
+            ratio = float(run.run_id.split("-x")[1])
+            assert tokens[changed[0]] / base[changed[0]] == pytest.approx(ratio, abs=8 / (base[changed[0]] / 32))
+    assert len({r.key for r in runs}) == len(runs)
+
+
+def test_killed_sweeps_restart_to_identical_bytes_without_retraining(prepared, tmp_path):
+    whole = tmp_path / "whole"
+    process = _orchestrate(_sweep_config(prepared, whole), tmp_path / "whole.log")
+    assert process.wait(timeout=600) == 0, (tmp_path / "whole.log").read_text()[-3000:]
+
+    cut = tmp_path / "cut"
+    config = _sweep_config(prepared, cut)
+    rng = np.random.default_rng(7)
+    kills = 0
+    for attempt in range(4):
+        before = _finished_runs(cut) if cut.exists() else set()
+        log = tmp_path / f"cut{attempt}.log"
+        process = _orchestrate(config, log)
+        time.sleep(float(rng.uniform(3.0, 9.0)))
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            kills += 1
+        process.wait()
+        assert not (_trained_in(log) & before), "a finished run was trained again"
+        runs_file = cut / "runs.json"
+        if runs_file.exists():  # never a partial file
+            assert json.loads(runs_file.read_text())["schema"] == "autoscale.runs/v1"
+    assert kills >= 2, "the sweep finished too fast to be interrupted"
+    before = _finished_runs(cut)
+    final_log = tmp_path / "cut_final.log"
+    assert _orchestrate(config, final_log).wait(timeout=600) == 0, final_log.read_text()[-3000:]
+    assert not (_trained_in(final_log) & before)
+    assert (cut / "mixture.json").read_bytes() == (whole / "mixture.json").read_bytes()
+    assert (cut / "runs.json").read_bytes() == (whole / "runs.json").read_bytes()
+
+
+def test_a_second_orchestrator_is_refused_with_a_clear_message(prepared, tmp_path):
+    out = tmp_path / "busy"
+    config = _sweep_config(prepared, out)
+    first = _orchestrate(config, tmp_path / "first.log")
+    try:
+        deadline = time.time() + 120
+        while not (out / ".lock").exists() and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)
+        second = subprocess.run([sys.executable, "-m", "autoscale_ds.orchestrate.ddo_run", "--config",
+                                 str(config)], env=_env(), cwd=ROOT, capture_output=True, text=True,
+                                timeout=120)
+        assert second.returncode == 2
+        assert "in use by another orchestrator (pid" in second.stderr and "Traceback" not in second.stderr
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_lock_is_released_when_its_holder_dies(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; sys.path.insert(0, %r)\n"
+        "from autoscale_ds.orchestrate.lock import DirectoryLock\n"
+        "lock = DirectoryLock(%r).acquire(); print('locked', flush=True); time.sleep(60)") % (str(ROOT), str(tmp_path))],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(InputError, match="in use by another orchestrator"):
+        DirectoryLock(tmp_path).acquire()
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    DirectoryLock(tmp_path).acquire().release()
+
+
+def test_failed_runs_are_recorded_and_the_solve_names_domains_lacking_data(prepared, tmp_path):
+    out = tmp_path / "failing"
+    # x3 runs ask for more tokens than max_epochs allows: they fail, the sweep goes on.
+    config = _sweep_config(prepared, out, seeds=[0],
+                           train={"model_size": "tiny", "seq_len": 32, "micro_batch_size": 8,
+                                  "global_batch_size": 8, "eval_samples_per_domain": 4,
+                                  "max_epochs": 0.12})
+    log = tmp_path / "failing.log"
+    assert _orchestrate(config, log).wait(timeout=600) == 0, log.read_text()[-3000:]
+    rows = {r["id"]: r for r in json.loads((out / "runs.json").read_text())["runs"]}
+    failed = sorted(i for i, r in rows.items() if r["status"] == "failed")
+    assert failed and all(i.endswith("-x3") for i in failed)
+    assert all("max_epochs" in rows[i]["reason"] for i in failed)
+    mixture = json.loads((out / "mixture.json").read_text())
+    assert set(mixture["provenance"]["pinned"]) == {i.split("-x")[0] for i in failed}
+    assert "too few perturbed runs" in log.read_text() or "perturbed ratio" in log.read_text()
+    rerun = tmp_path / "failing_again.log"
+    assert _orchestrate(config, rerun).wait(timeout=600) == 0
+    assert not _trained_in(rerun)  # deterministic failures are not retried
