@@ -16,9 +16,47 @@ logger = logging.getLogger(__name__)
 def register_all(commands, formatter) -> None:
     from .data.command import register as _register_prepare
 
-    for register in (_register_prepare, _register_ddo_run, _register_ddo, _register_predict,
-                     _register_export, _register_plot):
+    for register in (_register_prepare, _register_pipeline, _register_ddo_run, _register_ddo,
+                     _register_predict, _register_export, _register_plot):
         register(commands, formatter)
+
+
+_PIPELINE_EXAMPLE = """example (AUTOSCALE.yaml):
+  manifest: prepared/manifest.yaml
+  output_dir: autoscale_out
+  budgets: [500000, 1500000]       # DDO at two (or more) small budgets
+  target_tokens: 10000000          # or steps: 1 (the paper's next scale)
+  seeds: [0, 1]
+  train: {model_size: tiny, seq_len: 128, micro_batch_size: 8, global_batch_size: 16}
+  executor: {kind: local, workers: 2}
+  predict: {floor: {"*": 0.02}, max_change_per_doubling: 1.5}
+  export: {formats: [megatron, gpt-neox, hf]}
+
+  autoscale pipeline --config AUTOSCALE.yaml
+"""
+
+
+def _register_pipeline(commands, formatter):
+    p = commands.add_parser("pipeline", help="DDO at several budgets, predict, export, report",
+                            description="The whole AutoScale method: a DDO sweep at each proxy "
+                            "budget, the prediction at the target budget, exports and a "
+                            "report.\n\n" + _PIPELINE_EXAMPLE, formatter_class=formatter)
+    p.add_argument("--config", required=True, help="pipeline config (YAML)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting (YAML value), repeatable")
+    p.set_defaults(handler=_pipeline)
+
+
+def _pipeline(args) -> int:
+    from .orchestrate.pipeline import load_pipeline_config, run_pipeline
+    from .train.launch import overrides_from
+
+    result = run_pipeline(load_pipeline_config(args.config, overrides_from(args.set)))
+    print(predict_table(result.prediction))
+    print(f"\nmixture: {result.mixture_path}\nreport:  {result.report_path}")
+    for fmt, path in result.exports.items():
+        print(f"export {fmt}: {path}")
+    return 0
 
 
 def _register_ddo_run(commands, formatter):
@@ -208,9 +246,12 @@ def cmd_predict(args) -> int:
         raise InputError(f"--floor names unknown domain {unknown[0]!r}")
     guards = PredictGuards(floor=floors, max_change_per_doubling=args.max_change_per_doubling)
     prediction = predict(mixtures, target_tokens=args.target_tokens, steps=args.steps, guards=guards)
-    mixture = _prediction_mixture(prediction, args, guards)
+    from .predict import prediction_to_mixture
+
+    inputs = [{"path": p, "sha256": file_digest(p)} for p in args.mixture]
+    mixture = prediction_to_mixture(prediction, inputs, guards)
     save_mixture(args.out, mixture)
-    print(_predict_table(prediction))
+    print(predict_table(prediction))
     residual = (f"{prediction.model.rms_log_residual:.3g}" if len(prediction.budgets) > 2
                 else "n/a (two budgets fit exactly)")
     print(f"\ns = {prediction.s:.4f}; log-linear RMS residual: {residual}")
@@ -218,26 +259,7 @@ def cmd_predict(args) -> int:
     return 0
 
 
-def _prediction_mixture(prediction, args, guards):
-    from .ddo import integer_tokens
-    from .formats import Mixture
-    import numpy as np
-
-    domains = list(prediction.weights)
-    rounded = integer_tokens(np.array([prediction.tokens[d] for d in domains]))
-    provenance = {
-        "inputs": [{"path": p, "sha256": file_digest(p)} for p in args.mixture],
-        "budgets": prediction.budgets, "s": prediction.s,
-        "coordinates": prediction.model.coordinates.tolist(),
-        "rms_log_residual": prediction.model.rms_log_residual,
-        "guards": {"floor": guards.floor, "max_change_per_doubling": guards.max_change_per_doubling},
-        "report": {d: r.to_dict() for d, r in prediction.report.items()},
-    }
-    return Mixture(int(sum(rounded)), dict(prediction.weights), dict(zip(domains, rounded)),
-                   "autoscale", provenance)
-
-
-def _predict_table(prediction) -> str:
+def predict_table(prediction) -> str:
     rows = []
     for domain, r in prediction.report.items():
         rows.append([domain, *r.proxy_weights, r.raw_weight, r.weight,

@@ -289,3 +289,20 @@ def _within_noise(domain: str, previous: Mixture, last: Mixture) -> Optional[boo
         intervals.append(entry)
     # Overlapping intervals: the move between the budgets is not resolved by the data.
     return bool(intervals[0]["lo"] <= intervals[1]["hi"] and intervals[1]["lo"] <= intervals[0]["hi"])
+
+
+def prediction_to_mixture(prediction: Prediction, inputs: List[dict], guards: PredictGuards) -> Mixture:
+    """The predicted mixture as an ``autoscale.mixture/v1`` record (whole tokens)."""
+    from .ddo import integer_tokens
+
+    domains = list(prediction.weights)
+    rounded = integer_tokens(np.array([prediction.tokens[d] for d in domains]))
+    provenance = {
+        "inputs": inputs, "budgets": prediction.budgets, "s": prediction.s,
+        "coordinates": prediction.model.coordinates.tolist(),
+        "rms_log_residual": prediction.model.rms_log_residual,
+        "guards": {"floor": guards.floor, "max_change_per_doubling": guards.max_change_per_doubling},
+        "report": {d: r.to_dict() for d, r in prediction.report.items()},
+    }
+    return Mixture(int(sum(rounded)), dict(prediction.weights), dict(zip(domains, rounded)),
+                   "autoscale", provenance)

@@ -164,3 +164,33 @@ def test_failed_runs_are_recorded_and_the_solve_names_domains_lacking_data(prepa
     rerun = tmp_path / "failing_again.log"
     assert _orchestrate(config, rerun).wait(timeout=600) == 0
     assert not _trained_in(rerun)  # deterministic failures are not retried
+
+
+def test_pipeline_with_local_workers_writes_mixture_exports_and_report(prepared, tmp_path):
+    out = tmp_path / "pipeline"
+    config = tmp_path / "autoscale.yaml"
+    config.write_text(yaml.safe_dump({
+        "manifest": str(prepared.root / "manifest.yaml"), "output_dir": str(out),
+        "budgets": [3072, 6144], "target_tokens": 50_000, "domains": DOMAINS[:2], "seeds": [0],
+        "train": {"model_size": "tiny", "seq_len": 32, "micro_batch_size": 8, "global_batch_size": 8,
+                  "eval_samples_per_domain": 4, "eval_interval_steps": 4},
+        "executor": {"kind": "local", "workers": 2},
+        "ddo": {"sensitivity_draws": 0}, "predict": {"floor": {"*": 0.05}},
+        "export": {"formats": ["megatron", "gpt-neox"]},
+    }))
+    result = subprocess.run([sys.executable, "-m", "autoscale_ds", "pipeline", "--config", str(config)],
+                            env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    mixture = json.loads((out / "mixture_50K.json").read_text())
+    assert mixture["method"] == "autoscale" and mixture["total_tokens"] == 50_000
+    assert min(mixture["weights"].values()) >= 0.05 - 1e-12
+    for name in ("report.md", "weights.png", "loss_curves.png", "ddo_3.07K/responses.png",
+                 "ddo_6.14K/responses.png", "exports/megatron.txt", "exports/gpt-neox.txt"):
+        assert (out / name).exists(), name
+    report = (out / "report.md").read_text()
+    assert "AutoScale @50K" in report and "![weights](weights.png)" in report
+    megatron = (out / "exports" / "megatron.txt").read_text().split()
+    assert len(megatron) == 4 and megatron[1].endswith("code/train_text_document")
+    # Every proxy ran in a worker process of its own, with a log.
+    assert len(list(out.glob("ddo_*/runs/*/train.log"))) == 2 * (1 + 2 * 2)
+    assert "mixture:" in result.stdout and "report:" in result.stdout

@@ -30,6 +30,10 @@ counts only once its start equals the end of its predecessor (re-run otherwise).
 """
 
 import logging
+import mmap
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -43,8 +47,13 @@ _Q_BITS = 52  # weights are integers over 2**52: exact arithmetic, |w' - w| <= 2
 _LIMB = 26  # exact products through 26-bit limbs
 _LIMB_MASK = (1 << _LIMB) - 1
 MAX_SAMPLES = 1 << 36  # keeps every limb product inside int64
-_WINDOW_SLOTS = 1 << 22  # the due-date order is built this many samples at a time
-_SEGMENT_SLOTS = 1 << 10  # samples per simulated segment
+_BLOCK_SLOTS = 1 << 25  # samples planned per block (bounds the extra memory)
+_OVERLAP_SLOTS = 1 << 16  # a block may run this far over to end where EDF is settled
+_GAP = 8  # early positions closer than this are replayed together
+_SUB_SLOTS = 1 << 16  # due-date order built in cache-sized pieces, in parallel
+_SEGMENT_SLOTS = 1 << 10  # samples per replayed segment
+_HUGE_BYTES = 1 << 22
+_SCAN_CAP = 96  # pointer lanes trust clipped int8 slack this far past the slot
 _WEIGHT_SUM_TOL = 1e-6
 _NO_ENTRY = np.iinfo(np.int64).max
 
@@ -80,91 +89,89 @@ class _Quota:
 
     def __init__(self, numerators: np.ndarray):
         self.num = numerators.astype(np.int64)
+        self.num_int = [int(w) for w in self.num]
         self.count = len(numerators)
         self.period = float(1 << _Q_BITS) / self.num  # samples between two of a domain's
         self._hi, self._lo = self.num >> _LIMB, self.num & _LIMB_MASK
-        # For powers of two the float period is exact, so no due date needs a check.
-        self._exact = (self.num & (self.num - 1)) == 0
+        # for powers of two the float period is exact, so no due date needs a check
+        self.exact = (self.num & (self.num - 1)) == 0
 
-    def floor_count(self, d: np.ndarray, t: np.ndarray) -> np.ndarray:
-        """``floor(w_d t)`` exactly, ``t < MAX_SAMPLES * 4``."""
+    def floor_count(self, d, t) -> np.ndarray:
+        """``floor(w_d t)`` exactly for arrays, ``t < 2**38``, through 26-bit limbs."""
         t = np.asarray(t, dtype=np.int64)
         t_hi, t_lo = t >> _LIMB, t & _LIMB_MASK
         w_hi, w_lo = self._hi[d], self._lo[d]
         middle = w_hi * t_lo + w_lo * t_hi + ((w_lo * t_lo) >> _LIMB)
         return w_hi * t_hi + (middle >> _LIMB)
 
-    def due(self, d: np.ndarray, j: np.ndarray) -> np.ndarray:
+    def floor_int(self, d: int, t: int) -> int:
+        return (self.num_int[d] * int(t)) >> _Q_BITS
+
+    def total_floor_int(self, t: int) -> int:
+        """Samples due by count t, over all domains."""
+        return sum((w * int(t)) >> _Q_BITS for w in self.num_int)
+
+    def due(self, d, j) -> np.ndarray:
         """First sample count ``n`` with ``floor(w_d n) >= j + 1``, exactly (capped far away)."""
-        x = (np.asarray(j, dtype=np.float64) + 1.0) * self.period[d]
-        x = np.minimum(x, float(MAX_SAMPLES * 2))
-        # float error is below x * 2**-51: only near-integers need the exact test
-        tol = x * 2.0 ** -50
+        d = np.asarray(d)
+        j = np.asarray(j, dtype=np.int64)
+        x = np.minimum((j + 1.0) * self.period[d], float(MAX_SAMPLES * 2))
+        tol = x * 2.0 ** -50  # float error is below x * 2**-51: check near-integers only
         low = np.ceil(x - tol)
-        ambiguous = (low != np.ceil(x + tol)) & ~self._exact[d]
-        out = np.where(self._exact[d], np.ceil(x), low).astype(np.int64)
+        out = np.where(self.exact[d], np.ceil(x), low).astype(np.int64)
+        ambiguous = (low != np.ceil(x + tol)) & ~self.exact[d]
         if ambiguous.any():
-            idx = np.flatnonzero(ambiguous)
-            d_amb = np.broadcast_to(d, x.shape)[idx]
-            j_amb = np.broadcast_to(j, x.shape)[idx]
-            short = self.floor_count(d_amb, out[idx]) < j_amb + 1
-            out[idx] += short
+            at = np.nonzero(ambiguous)
+            d_at = np.broadcast_to(d, x.shape)[at]
+            j_at = np.broadcast_to(j, x.shape)[at]
+            out[at] += self.floor_count(d_at, out[at]) < j_at + 1
         return out
 
-    def release(self, d: np.ndarray, j: np.ndarray) -> np.ndarray:
-        """Earliest sample count at which domain d's j-th sample may be served."""
+    def release(self, d, j) -> np.ndarray:
+        """Earliest 1-based slot at which domain d's j-th sample may be served."""
         j = np.asarray(j, dtype=np.int64)
         return np.where(j > 0, self.due(d, np.maximum(j - 1, 0)), 1)
 
-    def total_floor(self, t: np.ndarray) -> np.ndarray:
-        """``sum_d floor(w_d t)`` for each t (samples already due by count t)."""
-        t = np.asarray(t, dtype=np.int64)
-        return sum(self.floor_count(d, t) for d in range(self.count))
+    def release_int(self, d: int, j: int) -> int:
+        return -(-(int(j) << _Q_BITS) // self.num_int[d]) if j > 0 else 1
 
 
-@dataclass
-class _Window:
-    """Per active domain: samples ``first[d]`` onwards, their due-order positions and dues."""
-
-    first: np.ndarray
-    pos_of: List[np.ndarray]
-    due_of: List[np.ndarray]
-    rel_of: List[np.ndarray]
-
-
-def _position(quota: _Quota, d: int, due: int) -> int:
-    """Due-order position of domain d's sample due at ``due``: all due earlier, ties by index."""
-    before = int(quota.total_floor(due - 1))
-    ties = sum(int(quota.floor_count(e, due) > quota.floor_count(e, due - 1)) for e in range(d))
-    return before + ties
+def _alloc(n: int, dtype) -> np.ndarray:
+    """A large output array, on transparent huge pages where the kernel allows it: first
+    touches of 4 KiB pages can cost as much as building the index."""
+    nbytes = n * np.dtype(dtype).itemsize
+    if nbytes >= _HUGE_BYTES and hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            buf = mmap.mmap(-1, nbytes)
+            buf.madvise(mmap.MADV_HUGEPAGE)
+            return np.frombuffer(buf, dtype=dtype)
+        except (OSError, ValueError):
+            logger.debug("no huge pages for a %d-byte array; using the heap", nbytes)
+    return np.empty(n, dtype=dtype)
 
 
-class _Workspace:
-    """Buffers reused across windows: fresh multi-MB temporaries cost page faults that
-    rival the arithmetic, so the hot loop allocates nothing."""
+class _Scratch:
+    """Per-thread buffers for building the due-date order of one piece of the stream."""
 
     def __init__(self, size: int):
         self.ramp = np.arange(size, dtype=np.int64)
         self.ramp_f = self.ramp.astype(np.float64)
-        self.x = np.empty(size)
-        self.y = np.empty(size)
+        self.x, self.y = np.empty(size), np.empty(size)
         self.flag = np.empty(size, dtype=bool)
-        self.k = np.empty(size, dtype=np.int64)
-        self.at = np.empty(size, dtype=np.int64)
-        self.free = np.empty(size, dtype=np.int64)
-        self.counts = np.empty(size, dtype=np.int64)
+        self.k, self.at = np.empty(size, dtype=np.int64), np.empty(size, dtype=np.int64)
+        self.counts, self.free = np.empty(size, dtype=np.int64), np.empty(size, dtype=np.int64)
 
-    def due(self, quota: _Quota, d: int, first: int, n: int, out: np.ndarray) -> None:
-        """``out[i] = quota.due(d, first + i)`` for i < n, exact (float, then a check)."""
+    def due(self, quota: "_Quota", d: int, first: int, out: np.ndarray) -> None:
+        """``out[i] = quota.due(d, first + i)``, exactly: float, then a check near integers."""
+        n = len(out)
         x, y = self.x[:n], self.y[:n]
         np.add(self.ramp_f[:n], first + 1.0, out=x)
         np.multiply(x, quota.period[d], out=x)
         np.ceil(x, out=y)
         out[:] = y
-        if quota._exact[d] or n == 0:
+        if quota.exact[d] or n == 0:
             return
-        # float error is below x * 2**-51: only a ceiling this close to x needs the test
-        tol = float(x[-1]) * 2.0 ** -50
+        tol = float(x[-1]) * 2.0 ** -50  # float error is below x * 2**-51
         np.subtract(y, x, out=y)
         np.subtract(y, 0.5, out=y)
         np.abs(y, out=y)
@@ -175,233 +182,393 @@ class _Workspace:
             out[near] = low + (quota.floor_count(d, low) < first + near + 1)
 
 
-def _due_order(quota: _Quota, lo: int, hi: int, margin: int, out_dom: np.ndarray,
-               out_idx: np.ndarray, ws: _Workspace) -> Tuple[_Window, np.ndarray]:
-    """Write Jefferson's order (samples sorted by due date, then domain) for positions
-    [lo, hi) into ``out_*[0:hi-lo]``; return per-domain data and the early positions.
+def _due_order(quota: "_Quota", a: int, b: int, lo: int, slack: np.ndarray, out_dom: np.ndarray,
+               out_idx: np.ndarray, scratch: _Scratch, base: int = 0) -> None:
+    """Write positions [a, b) of Jefferson's order, samples by (due date, domain).
 
-    A sample due at D sits after all samples due before D; there are ``total_floor(D - 1)``
-    of those, so positions come from counts of due dates, with no sort. "Early" positions
-    hold a sample that is not allowed yet there (released after that slot).
+    A sample due at D follows the ``total_floor(D - 1)`` samples due before D and the lower
+    domains due at D, so positions come from counts of due dates, with no sort. Positions
+    in [a, b) hold samples due in [a + 1, b + m - 1]. ``slack[pos - lo]`` gets the sample's
+    release minus its slot (positive: early), clipped to the buffer's integer range.
     """
-    m = quota.count
-    lo0 = max(0, lo - margin)  # lanes may start up to ``margin`` samples behind
-    last_due = hi + m + margin
-    span = last_due - lo0 + 1
-    first = np.array([int(quota.floor_count(d, lo0)) for d in range(m)], dtype=np.int64)
-    stop = [int(quota.floor_count(d, last_due)) + 2 for d in range(m)]
-    dues = []
-    counts = ws.counts[:span]
+    m, span = quota.count, b - a + quota.count - 1
+    first = [quota.floor_int(d, a) for d in range(m)]
+    offsets = []  # due date - (a + 1), per domain
+    counts = scratch.counts[:span]
     counts.fill(0)
     for d in range(m):
-        # two samples past last_due: a lane's next sample can be one past the due ones
-        due = np.empty(stop[d] - first[d], dtype=np.int64)
-        ws.due(quota, d, int(first[d]), len(due), due)
-        k = np.subtract(due[:-2], lo0, out=ws.k[:len(due) - 2])
-        counts[k] += 1  # one due date per domain and date: no collisions within a domain
-        dues.append(due)
-    # next free position for each due date: all earlier dues, plus lower domains due then
-    free = np.cumsum(counts, out=ws.free[:span])
+        k = np.empty(quota.floor_int(d, b + m - 1) - first[d], dtype=np.int64)
+        scratch.due(quota, d, first[d], k)
+        k -= a + 1
+        counts[k] += 1  # a domain has at most one sample due per date
+        offsets.append(k)
+    free = np.cumsum(counts, out=scratch.free[:span])  # next free position per due date
     np.subtract(free, counts, out=free)
-    free += int(quota.total_floor(lo0))
-    pos_of, rel_of, early = [], [], []
+    free += quota.total_floor_int(a)
+    lowest = np.iinfo(slack.dtype).min + 1
     for d in range(m):
-        due = dues[d]
-        n = len(due) - 2
-        k = np.subtract(due[:-2], lo0, out=ws.k[:n])
-        pos = np.empty(len(due), dtype=np.int64)
-        np.take(free, k, out=pos[:n])
-        free[k] = np.add(pos[:n], 1, out=ws.at[:n])
-        pos[n:] = [_position(quota, d, int(x)) for x in due[n:]]
-        rel = np.empty(len(due), dtype=np.int64)
-        rel[0] = quota.release(d, first[d:d + 1])[0]
-        rel[1:] = due[:-1]
-        a, b = (int(v) for v in np.searchsorted(pos[:n], [lo, hi]))
-        at = np.subtract(pos[a:b], lo, out=ws.at[:b - a])
-        out_dom[at] = d
-        out_idx[at] = np.add(ws.ramp[:b - a], first[d] + a, out=ws.k[:b - a])
-        np.add(at, lo + 1, out=ws.k[:b - a])
-        flag = np.greater(rel[a:b], ws.k[:b - a], out=ws.flag[:b - a])
-        early.append(pos[a:b][flag])
-        pos_of.append(pos)
-        rel_of.append(rel)
-    early = np.sort(np.concatenate(early))
-    return _Window(first, pos_of, dues, rel_of), early
+        k = offsets[d]
+        pos = np.take(free, k)
+        free[k] = np.add(pos, 1, out=scratch.at[:len(k)])  # lower domains first on a tie
+        x0, x1 = (int(v) for v in np.searchsorted(pos, [a, b]))
+        at = pos[x0:x1]
+        target = at - base if base else at
+        out_dom[target] = d
+        out_idx[target] = np.add(scratch.ramp[:x1 - x0], first[d] + x0, out=scratch.k[:x1 - x0])
+        # sample j is released when sample j - 1 falls due: slack = release - (pos + 1)
+        #   = (k[j - 1] + a + 1) - (pos + 1) = k[j - 1] - (pos - a)
+        rel = scratch.at[:x1 - x0]
+        if x0 > 0:
+            np.subtract(k[x0 - 1:x1 - 1], at, out=rel)
+        elif x1 > 0:
+            rel[0] = quota.release_int(d, first[d]) - 1 - a - at[0]
+            np.subtract(k[:x1 - 1], at[1:], out=rel[1:])
+        rel += a
+        np.maximum(rel, lowest, out=rel)
+        inside = int(np.searchsorted(at, lo + len(slack)))
+        slack[at[:inside] - lo] = rel[:inside]
 
 
-def _release_at(quota: _Quota, out_dom: np.ndarray, out_idx: np.ndarray, where: np.ndarray):
-    return quota.release(out_dom[where], out_idx[where])
+def _split_early(slack: np.ndarray, lo: int, limit: int, stream_end: int):
+    """Early positions in [lo, limit): isolated ones (a rotation settles them) and the rest.
 
-
-def _simple_waits(quota: _Quota, lo: int, hi: int, early: np.ndarray, out_dom: np.ndarray,
-                  out_idx: np.ndarray, seg_slots: int) -> np.ndarray:
-    """Apply isolated early samples in place; return the early positions left to simulate.
-
-    At position i (0-based, 1-based slot i+1) the due-date order serves a sample released
-    only at R > i+1. If every sample due-ordered in (i, R-1) is already allowed one slot
-    earlier, EDF serves those one slot early and the waiting sample at slot R, then agrees
-    with the due-date order again: a rotation.
+    At position i (slot i+1) the order serves a sample released at slot i+1+s, s > 0. If
+    every sample due-ordered in (i, i+s] is allowed one slot earlier, EDF (agreeing with the
+    order up to i) serves those one slot early and the waiting sample at slot i+1+s, then
+    agrees with the order again: a rotation of positions [i, i+s].
     """
-    if len(early) == 0:
-        return early
-    at = early - lo
-    wait_until = _release_at(quota, out_dom, out_idx, at)  # served at slot R, position R-1
-    span = wait_until - early - 1  # samples that move one slot earlier
-    # a rotation cut by a segment end would leave that segment's end state mid-way
-    simple = ((wait_until - 1 - lo) // seg_slots == at // seg_slots) & (wait_until <= hi)
-    for offset in range(1, int(span[simple].max(initial=0)) + 1):
-        inside = np.flatnonzero(simple & (offset <= span))
-        shifted = at[inside] + offset
-        simple[inside] = _release_at(quota, out_dom, out_idx, shifted) <= shifted + lo
-    rot, length = at[simple], span[simple]
-    held_dom, held_idx = out_dom[rot], out_idx[rot]
-    for offset in range(int(length.max(initial=-1)) + 1):
-        moving = rot[offset < length] + offset
-        out_dom[moving], out_idx[moving] = out_dom[moving + 1], out_idx[moving + 1]
-    out_dom[rot + length], out_idx[rot + length] = held_dom, held_idx
-    return early[~simple]
+    at = np.flatnonzero(slack[:limit - lo] > 0)
+    span = slack[at].astype(np.int64)
+    simple = at + lo + span < stream_end  # the waiting sample is served inside the stream
+    for offset in range(1, int(span.max(initial=0)) + 1):
+        inside = np.flatnonzero(offset <= span)
+        simple[inside] &= slack[at[inside] + offset] < 0  # allowed one slot earlier
+    return at[simple] + lo, span[simple], at[~simple] + lo
 
 
-class _Lanes:
-    """EDF replayed on many segments at once. A lane's state is its per-domain counts.
+def _rotate(dom: np.ndarray, idx: np.ndarray, at: np.ndarray, span: np.ndarray) -> None:
+    """Serve each waiting sample at its release; the ones in between move one earlier."""
+    held_dom, held_idx = dom[at], idx[at]
+    for offset in range(int(span.max(initial=0))):
+        moving = at[offset < span] + offset
+        dom[moving], idx[moving] = dom[moving + 1], idx[moving + 1]
+    dom[at + span], idx[at + span] = held_dom, held_idx
 
-    Each step serves, among domains whose next sample is allowed, the one due first (its
-    due-order position decides, ties included). A lane whose served samples are exactly the
-    first ``t`` of the due-date order agrees with it and jumps to the next early sample.
-    """
 
-    def __init__(self, win: _Window, start: np.ndarray, end: np.ndarray, base: int):
-        n, m = len(start), len(win.first)
-        self.win = win
-        self.base = base  # output position of the first slot the lanes fill
-        self.start = start.astype(np.int64)
-        self.end = end.astype(np.int64)
-        self.t = self.start.copy()
-        self.count = np.zeros((n, m), dtype=np.int64)
-        self.head_pos = np.zeros((n, m), dtype=np.int64)
-        self.head_rel = np.zeros((n, m), dtype=np.int64)
+class _LongScan(Exception):
+    """A pointer lane met a long run of samples not allowed yet (extreme weight ratios)."""
 
-    def set_counts(self, lanes: np.ndarray, counts: np.ndarray) -> None:
-        self.count[lanes] = counts
-        for d in range(counts.shape[1]):
-            k = counts[:, d] - self.win.first[d]
-            self.head_pos[lanes, d] = self.win.pos_of[d][k]
-            self.head_rel[lanes, d] = self.win.rel_of[d][k]
 
-    def restart(self, lanes: np.ndarray, counts: np.ndarray) -> None:
-        self.t[lanes] = self.start[lanes]
-        self.set_counts(lanes, counts)
+class _OutOfData(Exception):
+    """A replay ran past the part of the due-date order built so far."""
 
-    def run(self, lanes: np.ndarray, early: np.ndarray, out_dom: np.ndarray,
-            out_idx: np.ndarray) -> None:
-        """Advance ``lanes`` to their ends, writing what they serve off the due-date order."""
-        active = lanes
+
+class _Order:
+    """Read access to the due-date order: positions below ``n`` live in the output arrays
+    (not yet rotated while lanes run), the few after the stream's end in a small tail."""
+
+    def __init__(self, dom, idx, slack, lo, built, tail):
+        self.dom, self.idx, self.slack, self.lo, self.n = dom, idx, slack, lo, len(dom)
+        self.built = built  # positions [lo, built) exist, and those past n in the tail
+        self.tail_dom, self.tail_idx = tail
+
+    def at(self, pos: np.ndarray):
+        """(domain, sample number, release) of the samples at ``pos``."""
+        if len(pos) and ((pos >= self.built) & ((pos < self.n) | (pos >= self.n + len(self.tail_dom)))).any():
+            raise _OutOfData
+        inside = pos < self.n
+        if inside.all():
+            dom, idx = self.dom[pos], self.idx[pos]
+        else:
+            p = np.minimum(pos, self.n - 1)
+            t = np.clip(pos - self.n, 0, len(self.tail_dom) - 1)
+            dom = np.where(inside, self.dom[p], self.tail_dom[t])
+            idx = np.where(inside, self.idx[p], self.tail_idx[t])
+        rel = self.slack[pos - self.lo].astype(np.int64) + pos + 1
+        return dom, idx, rel
+
+
+def _window_edf(order: _Order, start: np.ndarray, last: np.ndarray, length: int):
+    """Exact EDF inside windows of ``length <= 64`` positions, each starting where EDF
+    agrees with the due-date order. Served sets are bitmasks over the window's positions;
+    each slot serves the lowest (first-due) allowed bit. Returns, per window, the first
+    slot past position ``last`` at which EDF agrees with the order again (0: none inside
+    the window) and the position served at each slot."""
+    g = len(start)
+    pos = start[:, None] + np.arange(length)[None, :]
+    _, _, rel = order.at(pos.ravel())
+    # window slot from which each position is allowed, 1-based; length + 1: not inside
+    slot = np.clip(rel.reshape(g, length) - start[:, None], 1, length + 1)
+    bits = np.uint64(1) << np.arange(length, dtype=np.uint64)
+    first = np.zeros((g, length + 2), dtype=np.uint64)
+    rows = np.arange(g)
+    for i in range(length):
+        first[rows, slot[:, i]] |= bits[i]
+    allowed_by = np.bitwise_or.accumulate(first, axis=1)
+    served = np.zeros(g, dtype=np.uint64)
+    picks = np.zeros((g, length), dtype=np.int64)
+    synced = np.zeros(g, dtype=np.int64)
+    stuck = np.zeros(g, dtype=bool)
+    prefix = np.concatenate([np.cumsum(bits), np.zeros(1, dtype=np.uint64)])
+    for t in range(1, length + 1):
+        free = allowed_by[:, t] & ~served
+        pick = free & (~free + np.uint64(1))  # lowest set bit
+        stuck |= pick == 0  # EDF would serve a position past the window
+        served |= pick
+        picks[:, t - 1] = np.log2(np.maximum(pick, 1).astype(np.float64)).astype(np.int64)
+        agree = (served == prefix[t - 1]) & ~stuck & (synced == 0) & (t > last - start)
+        synced[agree] = t
+    return synced, picks + start[:, None]
+
+
+class _Lane:
+    """EDF replayed from positions where it agrees with the due-date order until it agrees
+    again, many at once. State: the served set is every position before ``ptr`` except the
+    deferred ones (passed while not allowed yet). A step serves the deferred sample first
+    in due order that is allowed now, else the next allowed position."""
+
+    def __init__(self, order: _Order, start: np.ndarray):
+        n = len(start)
+        self.order = order
+        self.t, self.ptr = start.copy(), start.copy()
+        self.q_pos = np.full((n, 4), _NO_ENTRY, dtype=np.int64)
+        self.q_rel = np.full((n, 4), _NO_ENTRY, dtype=np.int64)
+        self.records: List[Tuple[np.ndarray, np.ndarray]] = []
+
+    def run(self, last: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Until each lane, past ``last``, agrees with the order: (ends, slots, positions)."""
+        active = np.arange(len(self.t))
         while len(active):
-            active = self._jump(active, early)
-            if len(active):
-                self._step(active, out_dom, out_idx)
-                active = active[self.t[active] < self.end[active]]
+            self._step(active)
+            synced = (self.ptr[active] == self.t[active]) & (self.t[active] > last[active]) \
+                & (self.q_pos[active] == _NO_ENTRY).all(1)
+            active = active[~synced & (self.t[active] < self.order.n)]  # or the stream ended
+        slots, served = (np.concatenate(c) for c in zip(*self.records))
+        return self.t, slots, served
 
-    def _jump(self, lanes: np.ndarray, early: np.ndarray) -> np.ndarray:
-        t = self.t[lanes]
-        agree = lanes[self.head_pos[lanes].min(1) == t]
-        if len(agree):
-            k = np.searchsorted(early, self.t[agree])
-            nxt = np.where(k < len(early), early[np.minimum(k, max(len(early) - 1, 0))], _NO_ENTRY) \
-                if len(early) else np.full(len(agree), _NO_ENTRY)
-            target = np.minimum(nxt, self.end[agree])
-            moved = agree[target > self.t[agree]]
-            target = target[target > self.t[agree]]
-            if len(moved):
-                self.t[moved] = target
-                counts = np.stack([self.win.first[d] + np.searchsorted(self.win.pos_of[d], target)
-                                   for d in range(self.count.shape[1])], axis=1)
-                self.set_counts(moved, counts)
-        return lanes[self.t[lanes] < self.end[lanes]]
-
-    def _step(self, lanes: np.ndarray, out_dom: np.ndarray, out_idx: np.ndarray) -> None:
+    def _step(self, lanes: np.ndarray) -> None:
         slot = self.t[lanes] + 1
-        cand = np.where(self.head_rel[lanes] <= slot[:, None], self.head_pos[lanes], _NO_ENTRY)
-        pick = cand.argmin(1)
-        out = self.t[lanes] - self.base
-        out_dom[out] = pick
-        j = self.count[lanes, pick]
-        out_idx[out] = j
-        self.count[lanes, pick] = j + 1
-        for d in np.unique(pick):
-            sel = pick == d
-            k = j[sel] + 1 - self.win.first[d]
-            self.head_pos[lanes[sel], d] = self.win.pos_of[d][k]
-            self.head_rel[lanes[sel], d] = self.win.rel_of[d][k]
+        cand = np.where(self.q_rel[lanes] <= slot[:, None], self.q_pos[lanes], _NO_ENTRY)
+        col = cand.argmin(1)
+        served = cand[np.arange(len(lanes)), col]
+        use_q = served != _NO_ENTRY
+        self.q_pos[lanes[use_q], col[use_q]] = _NO_ENTRY
+        self.q_rel[lanes[use_q], col[use_q]] = _NO_ENTRY
+        scan = np.flatnonzero(~use_q)
+        for _ in range(_SCAN_CAP):  # pass over positions not allowed yet, deferring them
+            if not len(scan):
+                break
+            pos = self.ptr[lanes[scan]]
+            _, _, rel = self.order.at(pos)
+            ok = rel <= slot[scan]
+            served[scan[ok]] = pos[ok]
+            self.ptr[lanes[scan]] += 1
+            scan, pos, rel = scan[~ok], pos[~ok], rel[~ok]
+            self._defer(lanes[scan], pos, rel)
+        else:
+            if len(scan):
+                raise _LongScan
+        self.records.append((self.t[lanes].copy(), served))
+        self.t[lanes] = slot
+
+    def _defer(self, lanes, pos, rel) -> None:
+        if not len(lanes):
+            return
+        free = self.q_pos[lanes] == _NO_ENTRY
+        while not free.any(1).all():
+            if self.q_pos.shape[1] >= _SCAN_CAP:
+                raise _LongScan
+            pad = np.full((len(self.q_pos), self.q_pos.shape[1]), _NO_ENTRY, dtype=np.int64)
+            self.q_pos, self.q_rel = np.hstack([self.q_pos, pad]), np.hstack([self.q_rel, pad])
+            free = self.q_pos[lanes] == _NO_ENTRY
+        col = free.argmax(1)
+        self.q_pos[lanes, col], self.q_rel[lanes, col] = pos, rel
+
+
+class _CountLane:
+    """The same replay with per-domain counts: robust to long runs of samples not allowed
+    yet (extreme weight ratios), at O(domains) per step. Arrays are (domain, lane)."""
+
+    def __init__(self, quota: "_Quota", order: _Order, start: np.ndarray):
+        m = quota.count
+        self.quota, self.order = quota, order
+        self.shift = max(1, (m - 1).bit_length())
+        d = np.arange(m, dtype=np.int64)[:, None]
+        dom, idx, _ = order.at(start)
+        due = quota.due(dom, idx)[None, :]
+        before = quota.floor_count(d, due - 1)
+        self.count = before + (d < dom[None, :]) * (quota.floor_count(d, due) - before)
+        d = np.broadcast_to(d, self.count.shape)
+        self.key = (quota.due(d, self.count) << self.shift) | d  # (due date, domain)
+        self.rel = quota.release(d, self.count)
+        self.served_max = np.where(self.count > 0, (self.rel << self.shift) | d, -1).max(0)
+        self.t = start.copy()
+        self.records: List[Tuple[np.ndarray, ...]] = []
+
+    def run(self, last: np.ndarray):
+        """(ends, slots, domains, sample numbers) served until, past ``last``, agreeing."""
+        active = np.arange(len(self.t))
+        while len(active):
+            self._step(active)
+            active = active[((self.key[:, active].min(0) <= self.served_max[active])
+                             | (self.t[active] <= last[active])) & (self.t[active] < self.order.n)]
+        slots, dom, idx = (np.concatenate(c) for c in zip(*self.records))
+        return self.t, slots, dom, idx
+
+    def _step(self, lanes: np.ndarray) -> None:
+        slot = self.t[lanes] + 1
+        best = np.where(self.rel[:, lanes] <= slot, self.key[:, lanes], _NO_ENTRY).min(0)
+        pick = best & ((1 << self.shift) - 1)
+        flat = pick * self.count.shape[1] + lanes
+        j = self.count.ravel()[flat]
+        self.records.append((self.t[lanes].copy(), pick, j))
+        self.count.ravel()[flat] = j + 1
+        self.rel.ravel()[flat] = best >> self.shift
+        self.key.ravel()[flat] = (self.quota.due(pick, j + 1) << self.shift) | pick
+        self.served_max[lanes] = np.maximum(self.served_max[lanes], best)
         self.t[lanes] = slot
 
 
-def _guess_counts(quota: _Quota, starts: np.ndarray) -> np.ndarray:
-    """A likely EDF state after ``starts`` samples: the due ones, plus one more sample for
-    each of the ``r`` domains due next (r = samples beyond the due ones). Lanes verify it."""
-    m = quota.count
-    floors = np.stack([quota.floor_count(d, starts) for d in range(m)], axis=1)
-    ahead = starts - floors.sum(1)
-    next_due = np.stack([quota.due(d, floors[:, d]) for d in range(m)], axis=1)
-    order = np.argsort(next_due * m + np.arange(m), axis=1, kind="stable")
-    rank = np.empty_like(order)
-    np.put_along_axis(rank, order, np.arange(m)[None, :].repeat(len(starts), 0), axis=1)
-    return floors + (rank < ahead[:, None])
-
-
-def _window(quota: _Quota, lo: int, hi: int, carried: np.ndarray, seg_slots: int,
-            out_dom: np.ndarray, out_idx: np.ndarray, ws: _Workspace) -> np.ndarray:
-    """EDF for positions [lo, hi) written to ``out_*``; returns the counts at ``hi``."""
-    margin = quota.count + 2
-    win, early = _due_order(quota, lo, hi, margin, out_dom, out_idx, ws)
-    early = _simple_waits(quota, lo, hi, early, out_dom, out_idx, seg_slots)
-    starts = np.arange(lo, hi, seg_slots, dtype=np.int64)
-    ends = np.minimum(starts + seg_slots, hi)
-    lanes = _Lanes(win, starts, ends, base=lo)
-    start_counts = _guess_counts(quota, starts)
-    start_counts[0] = carried  # the first segment continues exactly
-    lanes.set_counts(np.arange(len(starts)), start_counts)
-    lane_dom = np.full(hi - lo, -1, dtype=np.int64)
-    lane_idx = np.zeros(hi - lo, dtype=np.int64)
-    todo = np.arange(len(starts))
+def _settle(quota: "_Quota", order: _Order, start: np.ndarray, last: np.ndarray):
+    """EDF from each ``start`` (where it agrees with the order) until it agrees again past
+    ``last``. Runs that would overlap are merged and replayed as one. Returns sorted
+    disjoint runs (start, end) and (position, domain, sample number) served in them."""
     while True:
-        lanes.run(todo, early, lane_dom, lane_idx)
-        # a segment counts once it starts where its predecessor ended; re-run the others
-        # from that end: the first of them now starts exactly, so every round fixes one
-        todo = np.flatnonzero((start_counts[1:] != lanes.count[:-1]).any(1)) + 1
-        if len(todo) == 0:
+        end, served = _replay_runs(quota, order, start, last)
+        clash = np.flatnonzero(end[:-1] > start[1:])
+        if not len(clash):
             break
-        logger.debug("samples [%d, %d): re-running %d of %d segments", lo, hi, len(todo),
-                     len(starts))
-        start_counts[todo] = lanes.count[todo - 1]
-        lanes.restart(todo, start_counts[todo])
-        for k in todo:
-            lane_dom[starts[k] - lo:ends[k] - lo] = -1
-    replayed = np.flatnonzero(lane_dom >= 0)
-    out_dom[replayed] = lane_dom[replayed]
-    out_idx[replayed] = lane_idx[replayed]
-    return lanes.count[-1].copy()
+        merged = np.ones(len(start), dtype=bool)  # fold each clashing run into the one before
+        merged[clash + 1] = False
+        last = np.maximum.reduceat(last, np.flatnonzero(merged))
+        start = start[merged]
+    pos, dom, idx = (np.concatenate(c) for c in zip(*served)) if served else \
+        (np.zeros(0, np.int64),) * 3
+    return start, end, pos, dom, idx
 
 
-def _edf_stream(numerators: np.ndarray, num_samples: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Domain and the domain's sample number for each of ``num_samples`` samples."""
-    active = np.flatnonzero(numerators > 0)
-    domain = np.empty(num_samples, dtype=np.int16)
-    sample = np.empty(num_samples, dtype=np.int64)
+def _replay_runs(quota: "_Quota", order: _Order, start: np.ndarray, last: np.ndarray):
+    ends = np.zeros(len(start), dtype=np.int64)
+    out = []
+    for length in (16, 32, 64):  # short windows first: an exact bitmask EDF
+        todo = np.flatnonzero((ends == 0) & (last - start < length - 4))
+        if len(todo):
+            synced, picks = _window_edf(order, start[todo], last[todo], length)
+            good = synced > 0
+            done = todo[good]
+            ends[done] = start[done] + synced[good]
+            used = np.arange(length)[None, :] < synced[good][:, None]
+            slots = (start[done, None] + np.arange(length)[None, :])[used]
+            dom, idx, _ = order.at(picks[good][used])
+            out.append((slots, dom, idx))
+    long = np.flatnonzero(ends == 0)
+    if len(long):
+        try:
+            end, slots, served = _Lane(order, start[long]).run(last[long])
+            dom, idx, _ = order.at(served)
+        except _LongScan:
+            logger.info("extreme weight ratios: replaying EDF per domain")
+            end, slots, dom, idx = _CountLane(quota, order, start[long]).run(last[long])
+        ends[long] = end
+        out.append((slots, dom, idx))
+    return ends, out
+
+
+def _inside(pos: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Mask of ``pos`` inside one of the disjoint sorted runs [start, end)."""
+    if not len(start):
+        return np.zeros(len(pos), dtype=bool)
+    order = np.argsort(start)
+    s, e = start[order], end[order]
+    k = np.searchsorted(s, pos, side="right") - 1
+    return (k >= 0) & (pos < e[np.maximum(k, 0)])
+
+
+def _edf_stream(numerators: np.ndarray, out_dom: np.ndarray, out_idx: np.ndarray,
+                workers: int) -> None:
+    """Write one stage: domain (of all domains) and that domain's sample number per slot."""
+    n = len(out_dom)
+    active = np.flatnonzero(numerators > 0).astype(np.int16)
     if len(active) == 1:
-        domain[:] = active[0]
-        sample[:] = np.arange(num_samples)
-        return domain, sample
+        out_dom[:] = active[0]
+        out_idx[:] = np.arange(n)
+        return
     quota = _Quota(numerators[active])
-    carried = np.zeros(quota.count, dtype=np.int64)
-    window = min(_WINDOW_SLOTS, num_samples)
-    ws = _Workspace(window + 4 * quota.count + 16)
-    for lo in range(0, num_samples, window):
-        hi = min(lo + window, num_samples)
-        carried = _window(quota, lo, hi, carried, _SEGMENT_SLOTS, domain[lo:hi], sample[lo:hi], ws)
+    block = min(_BLOCK_SLOTS, n)
+    overlap = min(_OVERLAP_SLOTS, n)  # room to find a block end where EDF is settled
+    margin = _SCAN_CAP + quota.count + 72  # replays read this far past their last early
+    slack = np.empty(block + overlap + margin, dtype=np.int8 if quota.count < 100 else np.int16)
+    tail = (np.zeros(margin, dtype=out_dom.dtype), np.zeros(margin, dtype=np.int64))
+    local = threading.local()
+
+    def scratch() -> _Scratch:
+        if not hasattr(local, "scratch"):
+            local.scratch = _Scratch(_SUB_SLOTS + quota.count + 64)
+        return local.scratch
+
+    def build(piece: Tuple[int, int, int]) -> None:
+        _due_order(quota, *piece, slack, out_dom, out_idx, scratch())
+
+    lo, overlap = 0, min(_OVERLAP_SLOTS, n)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        while lo < n:
+            limit = min(lo + block + overlap, n)  # early positions looked at
+            edge = min(limit + margin, n)
+            if len(slack) < edge - lo + margin:  # a long replay crossed the overlap
+                slack = np.empty(edge - lo + margin, dtype=slack.dtype)
+            list(pool.map(build, [(a, min(a + _SUB_SLOTS, edge), lo)
+                                  for a in range(lo, edge, _SUB_SLOTS)]))
+            if limit + margin > n:  # past the stream's end, for replays that look ahead
+                _due_order(quota, n, n + margin, lo, slack, *tail, scratch(), base=n)
+            order = _Order(out_dom, out_idx, slack, lo, edge, tail)
+            rot_at, rot_span, tangled = _split_early(slack, lo, limit, n)
+            starts, last = _clusters(tangled)
+            try:
+                run_start, run_end, slots, dom, idx = _settle(quota, order, starts, last)
+                hi = _block_end(min(lo + block, n), limit, n, run_start, run_end, rot_at,
+                                rot_span)
+            except _OutOfData:
+                hi = None
+            if hi is None:  # EDF never agreed with the order in the overlap: look further
+                overlap *= 2
+                continue
+            keep = (rot_at < hi) & ~_inside(rot_at, run_start, run_end)
+            _rotate(out_dom, out_idx, rot_at[keep], rot_span[keep])
+            write = slots < hi
+            out_dom[slots[write]], out_idx[slots[write]] = dom[write], idx[write]
+            lo, overlap = hi, min(_OVERLAP_SLOTS, n)
     if len(active) < len(numerators):
-        domain[:] = active[domain]
-    return domain, sample
+        np.take(active, out_dom, out=out_dom)
+
+
+def _clusters(tangled: np.ndarray):
+    """Group early positions closer than ``_GAP`` (one replay each): (start, last early)."""
+    if not len(tangled):
+        return tangled, tangled
+    new = np.concatenate([[True], np.diff(tangled) >= _GAP])
+    first = np.flatnonzero(new)
+    last = np.concatenate([first[1:], [len(tangled)]]) - 1
+    return tangled[first], tangled[last]
+
+
+def _block_end(target: int, limit: int, n: int, run_start, run_end, rot_at,
+               rot_span) -> Optional[int]:
+    """First position >= target where EDF agrees with the due-date order: outside every
+    run and rotation, so the next block starts exactly."""
+    if limit >= n:
+        return n
+    if target >= n:
+        return n
+    spans = np.concatenate([np.stack([run_start, run_end], 1),
+                            np.stack([rot_at, rot_at + rot_span + 1], 1)])
+    spans = spans[np.argsort(spans[:, 0])]
+    hi = target
+    for s, e in spans[spans[:, 1] > target]:
+        if s < hi < e:
+            hi = int(e)
+        elif s >= hi:
+            break
+    return hi if hi < limit else None
 
 
 @dataclass(frozen=True)
@@ -446,13 +613,20 @@ def _as_stage(stage, k: int) -> Stage:
     return Stage(int(num), tuple(float(w) for w in check_weights(weights, f"stage {k}")))
 
 
-def build_blend(stages: Sequence) -> Blend:
+def default_workers() -> int:
+    """Threads for planning: numpy releases the GIL in the array work, so cores add up."""
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                      else (os.cpu_count() or 1)))
+
+
+def build_blend(stages: Sequence, workers: Optional[int] = None) -> Blend:
     """Plan a stream of consecutive stages, each ``Stage`` or ``(num_samples, weights)``.
 
     Within a stage the EDF rule keeps every prefix of that stage within one sample of the
     stage's weights; each domain's counter continues from the previous stage, so no sample
     of a domain is repeated or skipped when the weights change.
     """
+    workers = default_workers() if workers is None else max(1, int(workers))
     parsed = tuple(_as_stage(s, k) for k, s in enumerate(stages))
     if not parsed:
         raise InputError("need at least one stage")
@@ -463,23 +637,27 @@ def build_blend(stages: Sequence) -> Blend:
     total = sum(s.num_samples for s in parsed)
     if total > MAX_SAMPLES:
         raise InputError(f"at most {MAX_SAMPLES:,} samples per blend, got {total:,}")
-    domain = np.empty(total, dtype=np.int16)
-    sample = np.empty(total, dtype=np.int64)
+    domain = _alloc(total, np.int16)
+    sample = _alloc(total, np.int64)
     used = np.zeros(num_domains, dtype=np.int64)
     start = 0
-    for stage in parsed:
+    for k, stage in enumerate(parsed):
         stop = start + stage.num_samples
-        dom, idx = _edf_stream(quantise_weights(np.asarray(stage.weights)), stage.num_samples)
-        domain[start:stop] = dom
-        sample[start:stop] = idx + used[dom]
-        used += np.bincount(dom, minlength=num_domains)
+        if stage.num_samples:
+            dom, idx = domain[start:stop], sample[start:stop]
+            _edf_stream(quantise_weights(np.asarray(stage.weights)), dom, idx, workers)
+            if used.any():  # counters run on from the earlier stages
+                idx += used[dom]
+            if k + 1 < len(parsed):
+                used += np.bincount(dom, minlength=num_domains)
         start = stop
     return Blend(domain, sample, parsed)
 
 
-def blend_indices(weights: Sequence[float], num_samples: int) -> Tuple[np.ndarray, np.ndarray]:
+def blend_indices(weights: Sequence[float], num_samples: int,
+                  workers: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
     """One-stage blend: ``(domain_index int16, domain_sample_index int64)``."""
-    blend = build_blend([(num_samples, weights)])
+    blend = build_blend([(num_samples, weights)], workers)
     return blend.domain_index, blend.domain_sample_index
 
 

@@ -9,7 +9,7 @@ mixture and plots are written atomically only after the last row is in.
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 from ..ddo import DDOOptions, build_design, result_to_mixture, solve_design
 from ..errors import InputError

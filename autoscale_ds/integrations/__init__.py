@@ -1,0 +1,1 @@
+"""Bridges from autoscale mixtures to training frameworks' own data APIs (e.g. megatron-core)."""

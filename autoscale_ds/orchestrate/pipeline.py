@@ -1,0 +1,141 @@
+"""``autoscale pipeline``: DDO at two or more budgets -> AutoScale prediction at the target
+-> exports -> a Markdown report with plots.
+
+Every step reuses what is already on disk: each budget's sweep skips finished runs, so an
+interrupted pipeline is resumed by running the same command again.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+from ..atomic import atomic_write_text
+from ..errors import InputError
+from ..formats import save_mixture
+from ..tables import human_tokens
+from .lock import DirectoryLock
+from .runner import run_sweep
+from .sweep import SweepConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineConfig:
+    manifest: str
+    output_dir: str
+    budgets: List[float]
+    """Total tokens of the base run at each proxy budget (two or more)."""
+    target_tokens: Optional[float] = None
+    """Budget of the large run to predict for (or give `steps`)."""
+    steps: Optional[float] = None
+    domains: Optional[List[str]] = None
+    base_weights: Any = "uniform"
+    ratios: Optional[List[float]] = None
+    seeds: List[int] = field(default_factory=lambda: [0])
+    train: Dict[str, Any] = field(default_factory=dict)
+    executor: Dict[str, Any] = field(default_factory=lambda: {"kind": "local", "workers": 1})
+    ddo: Dict[str, Any] = field(default_factory=dict)
+    predict: Dict[str, Any] = field(default_factory=dict)
+    """Guards: floor ({domain or "*": weight}) and max_change_per_doubling."""
+    export: Dict[str, Any] = field(default_factory=lambda: {"formats": ["megatron", "gpt-neox", "hf"]})
+    """formats (list) and data_paths (a paths map file; default: the manifest's own stores)."""
+
+    def __post_init__(self):
+        problems = []
+        if not isinstance(self.budgets, list) or len(self.budgets) < 2 or \
+                len(set(self.budgets)) != len(self.budgets):
+            problems.append(f"budgets must list two or more distinct proxy budgets, got {self.budgets!r}")
+        if (self.target_tokens is None) == (self.steps is None):
+            problems.append("give exactly one of target_tokens or steps")
+        if problems:
+            raise InputError("invalid pipeline config:\n  - " + "\n  - ".join(problems))
+
+    def sweep(self, budget: float) -> SweepConfig:
+        return SweepConfig(manifest=self.manifest, output_dir=str(Path(self.output_dir) / f"ddo_{human_tokens(budget)}"),
+                           budget_tokens=budget, domains=self.domains, base_weights=self.base_weights,
+                           ratios=self.ratios, seeds=self.seeds, train=self.train,
+                           executor=self.executor, ddo=self.ddo)
+
+
+def load_pipeline_config(path, overrides: Optional[dict] = None) -> PipelineConfig:
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise InputError(f"pipeline config {path}: cannot read ({exc})") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"pipeline config {path}: expected a mapping of settings")
+    raw.update(overrides or {})
+    unknown = sorted(set(raw) - set(PipelineConfig.__dataclass_fields__))
+    if unknown:
+        raise InputError(f"pipeline config {path}: unknown setting(s) {unknown}")
+    try:
+        return PipelineConfig(**raw)
+    except TypeError as exc:
+        raise InputError(f"pipeline config {path}: {exc}") from None
+
+
+@dataclass
+class PipelineResult:
+    sweeps: list
+    prediction: Any
+    mixture_path: Path
+    report_path: Path
+    exports: Dict[str, Path]
+
+
+def run_pipeline(config: PipelineConfig) -> PipelineResult:
+    out = Path(config.output_dir)
+    with DirectoryLock(out):
+        sweeps = [run_sweep(config.sweep(budget)) for budget in sorted(config.budgets)]
+        prediction, mixture = _predict(config, sweeps)
+        mixture_path = out / f"mixture_{human_tokens(mixture.total_tokens)}.json"
+        save_mixture(mixture_path, mixture)
+        exports = _exports(config, mixture, out)
+        from .report import write_report
+
+        report_path = write_report(out, sweeps, prediction, mixture, mixture_path, exports)
+    return PipelineResult(sweeps, prediction, mixture_path, report_path, exports)
+
+
+def _predict(config: PipelineConfig, sweeps):
+    from ..predict import PredictGuards, predict, prediction_to_mixture
+
+    guards = PredictGuards(**config.predict)
+    prediction = predict([s.mixture for s in sweeps], target_tokens=config.target_tokens,
+                         steps=config.steps, guards=guards)
+    inputs = [{"path": str(s.mixture_path.relative_to(config.output_dir)),
+               "total_tokens": s.mixture.total_tokens} for s in sweeps]
+    return prediction, prediction_to_mixture(prediction, inputs, guards)
+
+
+def _exports(config: PipelineConfig, mixture, out: Path) -> Dict[str, Path]:
+    from ..export import data_paths_from_mapping, export_mixture, load_data_paths
+
+    spec = config.export or {}
+    if spec.get("data_paths"):
+        paths = load_data_paths(spec["data_paths"])
+    else:
+        paths = data_paths_from_mapping(_manifest_paths(config), source=f"{config.manifest} stores")
+    written = {}
+    for fmt in spec.get("formats", []):
+        path = out / "exports" / f"{fmt}.txt"
+        atomic_write_text(path, export_mixture(mixture.weights, paths, fmt))
+        written[fmt] = path
+    return written
+
+
+def _manifest_paths(config: PipelineConfig) -> dict:
+    from ..data.manifest import load_manifest
+
+    manifest = load_manifest(config.manifest)
+    return {d: {"train": str(manifest.prefix(d, "train").resolve()),
+                "valid": str(manifest.prefix(d, "valid").resolve())}
+            for d in mixture_domains(config, manifest)}
+
+
+def mixture_domains(config: PipelineConfig, manifest) -> List[str]:
+    return config.domains or list(manifest.domains)

@@ -1,0 +1,85 @@
+"""The pipeline's Markdown report and its plots."""
+
+import json
+import logging
+from pathlib import Path
+from typing import Dict
+
+from ..atomic import atomic_write_text
+from ..tables import human_tokens
+
+logger = logging.getLogger(__name__)
+
+
+def write_report(out: Path, sweeps, prediction, mixture, mixture_path: Path,
+                 exports: Dict[str, Path]) -> Path:
+    from ..plots import plot_weights
+
+    plot_weights([s.mixture for s in sweeps] + [mixture], out / "weights.png")
+    plot_loss_curves(sweeps, out / "loss_curves.png")
+    lines = [f"# AutoScale report: mixture for {human_tokens(mixture.total_tokens)} tokens", ""]
+    lines += _weights_table(sweeps, prediction)
+    lines += ["", f"Predicted mixture: `{mixture_path.name}` (s = {prediction.s:.3f}; "
+              f"log-linear RMS residual {prediction.model.rms_log_residual:.3g}).", ""]
+    lines += ["## Weights across budgets", "", "![weights](weights.png)", ""]
+    lines += ["## Fitted responses", ""]
+    for sweep in sweeps:
+        rel = (sweep.mixture_path.parent / "responses.png").relative_to(out)
+        lines += [f"### {human_tokens(sweep.mixture.total_tokens)} tokens", "", f"![responses]({rel})", ""]
+        if sweep.failed or sweep.pinned:
+            lines += [f"Failed runs: {', '.join(sweep.failed) or 'none'}; kept at base: "
+                      f"{', '.join(f'{d} ({why})' for d, why in sweep.pinned.items()) or 'none'}.", ""]
+    lines += ["## Per-domain validation loss of the base runs", "", "![loss curves](loss_curves.png)", ""]
+    lines += ["## Exports", ""] + [f"- `{fmt}`: `{path.relative_to(out)}`" for fmt, path in exports.items()]
+    path = out / "report.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def _weights_table(sweeps, prediction):
+    budgets = [human_tokens(s.mixture.total_tokens) for s in sweeps]
+    header = ["domain", *[f"DDO @{b}" for b in budgets], f"AutoScale @{human_tokens(prediction.total_tokens)}",
+              "change/doubling", "note"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for domain, r in prediction.report.items():
+        note = "; ".join(n for n in ("leaves proxy range" if r.leaves_proxy_range else "",
+                                     f"guard: {r.guard}" if r.guard else "",
+                                     "trend within noise" if r.trend_within_noise else "") if n)
+        cells = [domain, *[f"{w:.4f}" for w in r.proxy_weights], f"{r.weight:.4f}",
+                 f"x{r.predicted_change_per_doubling:.3f}", note]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def plot_loss_curves(sweeps, path: Path) -> Path:
+    """Per-domain eval loss against tokens seen, for each budget's first base run."""
+    from ..plots import _pyplot
+
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6.5, 4.2))
+    for style, sweep in zip(("-", "--", ":", "-."), sweeps):
+        evals, tokens_per_step = _base_evals(sweep)
+        for index, domain in enumerate(sweep.mixture.weights):
+            points = [(e["step"] * tokens_per_step, e["loss"][domain]) for e in evals if domain in e["loss"]]
+            if points:
+                xs, ys = zip(*points)
+                axis.plot(xs, ys, style, marker="o", color=f"C{index % 10}",
+                          label=f"{domain} @{human_tokens(sweep.mixture.total_tokens)}")
+    axis.set_xlabel("training tokens")
+    axis.set_ylabel("validation loss (nats/token)")
+    axis.legend(fontsize=6, ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _base_evals(sweep):
+    base_id = sweep.mixture.provenance.get("base_runs", ["base-s0"])[0]
+    result = sweep.runs_path.parent / "runs" / base_id / "result.json"
+    try:
+        row = json.loads(result.read_text())["runs"][0]
+    except (OSError, ValueError, KeyError, IndexError):
+        return [], 1
+    total_tokens = sum(row["train_tokens"].values())
+    return row.get("evals", []), total_tokens / max(row.get("steps") or 1, 1)
