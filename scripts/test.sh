@@ -20,6 +20,11 @@ echo "==> installing (torch pinned to the CPU build 2.13.0)"
 # DeepSpeed/Triton JIT builds are cached inside the repo's ignored cache dir, not per test.
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions}"
 export MPLBACKEND=Agg
+# The SLURM tests run a real one-node cluster on localhost; the test fixture installs and
+# starts it (scripts/slurm_local.sh) where that is possible: as root with apt-get.
+if [ -z "${AUTOSCALE_SLURM_SETUP:-}" ] && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+    export AUTOSCALE_SLURM_SETUP=1
+fi
 
 echo "==> running tests"
 set +e

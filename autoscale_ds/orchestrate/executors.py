@@ -139,7 +139,11 @@ def make_executor(spec: dict):
     if kind == "inprocess":
         return InProcessExecutor()
     if kind == "local":
-        return LocalProcessExecutor(**spec)
+        try:
+            return LocalProcessExecutor(**spec)
+        except TypeError as exc:
+            raise InputError(f"executor (kind local): {exc}; keys: workers, gpus_per_worker, "
+                             "cpus_per_worker") from None
     if kind == "slurm":
         from .slurm import SlurmExecutor
 

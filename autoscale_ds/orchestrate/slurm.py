@@ -87,13 +87,14 @@ class SlurmExecutor:
             return
         _require_slurm()
         slurm_dir = _slurm_dir(runs)
-        watch = self._adopt(slurm_dir, runs)
-        adopted = {run.key for run in watch.values()}
-        fresh = [run for run in runs if run.key not in adopted]
-        if fresh:
-            watch.update(self._submit(slurm_dir, fresh, watch))
-        _save_active(slurm_dir, watch)
-        with _cancel_on_interrupt(sorted({job for job, _ in watch}), slurm_dir):
+        watch: Dict[Task, ProxyRun] = {}
+        with _cancel_on_interrupt(watch, slurm_dir):
+            watch.update(self._adopt(slurm_dir, runs))
+            adopted = {run.key for run in watch.values()}
+            fresh = [run for run in runs if run.key not in adopted]
+            if fresh:
+                watch.update(self._submit(slurm_dir, fresh, watch))
+            _save_active(slurm_dir, watch)
             self._wait(slurm_dir, watch, record)
         (slurm_dir / ACTIVE_JOB).unlink(missing_ok=True)
 
@@ -201,7 +202,8 @@ def render_template(path: Path, values: Dict[str, object]) -> str:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise InputError(f"SLURM template {path}: cannot read ({exc})") from None
+        raise InputError(f"SLURM template {path}: cannot read ({exc}); a package installed "
+                         "without its source tree needs the `template` setting") from None
 
     def fill(match):
         if match.group(1) not in values:
@@ -225,7 +227,7 @@ def environment_exports(python: str, extra: Optional[Dict[str, str]] = None) -> 
         paths.insert(0, str(REPO_DIR))
     lines = [f"export PYTHONPATH={shlex.quote(os.pathsep.join(dict.fromkeys(paths)))}"] if paths else []
     # The venv's bin first: DeepSpeed's JIT builds call ninja from PATH.
-    lines.append(f'export PATH={shlex.quote(os.path.dirname(python))}:"$PATH"')
+    lines.append(f'export PATH={shlex.quote(os.path.dirname(python))}"${{PATH:+:$PATH}}"')
     passed = {name: os.environ[name] for name in PASSED_ENV if name in os.environ}
     for name, value in {**passed, **(extra or {})}.items():
         lines.append(f"export {name}={shlex.quote(str(value))}")
@@ -367,7 +369,7 @@ def _save_active(slurm_dir: Path, watch: Dict[Task, ProxyRun], submitting=None) 
 
 
 @contextmanager
-def _cancel_on_interrupt(job_ids: List[str], slurm_dir: Path):
+def _cancel_on_interrupt(watch: Dict[Task, ProxyRun], slurm_dir: Path):
     """Ctrl-C or SIGTERM: cancel the arrays (else they train on for nobody), then re-raise."""
     def on_term(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
@@ -380,8 +382,9 @@ def _cancel_on_interrupt(job_ids: List[str], slurm_dir: Path):
     try:
         yield
     except KeyboardInterrupt:
-        logger.warning("interrupted: cancelling SLURM job(s) %s", ", ".join(job_ids))
-        for job_id in job_ids:
+        jobs = sorted({job for job, _ in watch})
+        logger.warning("interrupted: cancelling SLURM job(s) %s", ", ".join(jobs) or "(none)")
+        for job_id in jobs:
             _scancel(job_id)
         (slurm_dir / ACTIVE_JOB).unlink(missing_ok=True)
         raise

@@ -1,0 +1,342 @@
+"""The SLURM executor and job templates, on a real SLURM cluster (no mocks).
+
+Cluster tests need root and a cluster: an already running one (``sinfo`` answers), or, with
+``AUTOSCALE_SLURM_SETUP=1``, a one-node cluster that ``scripts/slurm_local.sh`` installs and
+starts for the session (and stops afterwards). Otherwise they are skipped with the reason.
+Rendering and input-error tests run everywhere.
+"""
+
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from autoscale_ds.errors import InputError
+from autoscale_ds.orchestrate.executors import make_executor
+from autoscale_ds.orchestrate.runner import run_sweep
+from autoscale_ds.orchestrate.slurm import SlurmExecutor, render_pretrain_script, write_pretrain_script
+from autoscale_ds.orchestrate.sweep import load_sweep_config, plan_sweep
+
+ROOT = Path(__file__).resolve().parent.parent
+SETUP = os.environ.get("AUTOSCALE_SLURM_SETUP") == "1"
+EXTENSIONS = os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
+TRAIN = {"model_size": "tiny", "seq_len": 32, "micro_batch_size": 8, "global_batch_size": 8,
+         "eval_samples_per_domain": 4, "learning_rate": 3e-3}
+ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL")
+
+
+def _cluster_answers() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    done = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
+    return done.returncode == 0 and any(s.strip("*~#") in ("idle", "mixed", "allocated")
+                                        for s in done.stdout.split())
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """The default partition of a SLURM cluster that accepts jobs."""
+    if os.geteuid() != 0:
+        pytest.skip("SLURM tests need root (the local test cluster runs as root)")
+    if shutil.which("sbatch") is None and not SETUP:
+        pytest.skip("sbatch not found; set AUTOSCALE_SLURM_SETUP=1 to install a local cluster")
+    started = False
+    if not _cluster_answers():
+        if not SETUP:
+            pytest.skip("no SLURM node answers sinfo; start one with scripts/slurm_local.sh "
+                        "or set AUTOSCALE_SLURM_SETUP=1")
+        subprocess.run(["bash", str(ROOT / "scripts" / "slurm_local.sh")], check=True, timeout=1200)
+        started = True
+    partitions = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True).stdout.split()
+    yield next(p.rstrip("*") for p in partitions if p.endswith("*"))
+    if started:
+        subprocess.run(["bash", str(ROOT / "scripts" / "slurm_local.sh"), "stop"], timeout=120)
+
+
+def _executor(partition: str, **overrides) -> dict:
+    spec = {"kind": "slurm", "partition": partition, "time": "00:15:00", "gpus_per_run": 0,
+            "cpus_per_run": 1, "max_concurrent": 2, "poll_seconds": 1,
+            "env": {"TORCH_EXTENSIONS_DIR": EXTENSIONS, "TOKENIZERS_PARALLELISM": "false"}}
+    spec.update(overrides)
+    return spec
+
+
+def _sweep_yaml(prepared, out: Path, executor: dict, small: bool = False) -> Path:
+    config = {"manifest": str(prepared.root / "manifest.yaml"), "output_dir": str(out),
+              "budget_tokens": 8192, "domains": ["code", "docstrings", "comments"], "seeds": [0, 1],
+              "train": TRAIN, "executor": executor, "ddo": {"sensitivity_draws": 20}}
+    if small:  # 5 runs: the base and two ratios of two domains
+        config.update(domains=["code", "docstrings"], seeds=[0], ratios=[0.5, 2.0])
+    path = out.parent / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _orchestrate(config: Path, log: Path) -> subprocess.Popen:
+    code = ("import logging, sys; logging.basicConfig(level=logging.INFO); "
+            "from autoscale_ds.orchestrate.runner import run_sweep; "
+            "from autoscale_ds.orchestrate.sweep import load_sweep_config; "
+            "run_sweep(load_sweep_config(sys.argv[1]))")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    with open(log, "w") as handle:
+        return subprocess.Popen([sys.executable, "-c", code, str(config)], cwd=ROOT, env=env,
+                                stdout=handle, stderr=subprocess.STDOUT)
+
+
+def _wait_for(condition, timeout: float, what: str, process=None, log=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"orchestrator exited ({process.returncode}) before {what}:\n"
+                                 f"{log.read_text()[-3000:] if log else ''}")
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _task_states(job_id: str) -> dict:
+    out = subprocess.run(["squeue", "-j", job_id, "-t", "all", "-r", "-h", "-o", "%i|%T"],
+                         capture_output=True, text=True).stdout
+    return dict(line.split("|") for line in out.split())
+
+
+def _trained_configs(slurm_dir: Path) -> list:
+    """Config paths that array tasks started training, over all logs (with repeats)."""
+    return [m for log in sorted((slurm_dir / "logs").glob("*.log"))
+            for m in re.findall(r"trains (\S+)", log.read_text())]
+
+
+# --- rendering and input errors: no cluster needed -------------------------------------------
+
+def test_proxy_array_template_renders_valid_bash(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "/cache/ext")
+    executor = make_executor({"kind": "slurm", "partition": "gpu", "time": "01:00:00", "gpus_per_run": 4,
+                              "cpus_per_run": 8, "mem": "32G", "max_concurrent": 3,
+                              "extra_sbatch": ["--account=proj"], "env": {"NCCL_DEBUG": "WARN x"}})
+    script = tmp_path / "array.sbatch"
+    script.write_text(executor.render(tmp_path / "slurm", tmp_path / "runs_0.txt", 5))
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    directives = re.findall(r"^#SBATCH (\S+)", text, flags=re.M)
+    assert directives == ["--job-name=autoscale-proxy", "--array=0-4%3", "--ntasks=1", "--cpus-per-task=8",
+                          f"--output={tmp_path}/slurm/logs/%A_%a.log", f"--error={tmp_path}/slurm/logs/%A_%a.log",
+                          "--partition=gpu", "--time=01:00:00", "--gres=gpu:4", "--mem=32G", "--account=proj"]
+    assert f"PYTHON={sys.executable}\n" in text and "GPUS=4\n" in text
+    assert "export TORCH_EXTENSIONS_DIR=/cache/ext" in text and "export NCCL_DEBUG='WARN x'" in text
+    assert f"export PYTHONPATH={ROOT}" in text and "torch.distributed.run" in text
+    assert "{{" not in text
+
+
+@pytest.mark.parametrize("mode", ["megatron", "autoscale"])
+def test_pretrain_template_renders_valid_bash(tmp_path, mode):
+    settings = {"megatron": {"megatron_dir": "/opt/Megatron-LM", "data_args_path": "/data/blend.txt",
+                             "megatron_args": "--num-layers 24 --vocab-file '/data/my vocab.json'"},
+                "autoscale": {"train_config": "/runs/target.yaml", "mixture": "/runs/mixture.json"}}[mode]
+    path = write_pretrain_script(tmp_path / "pretrain.sbatch", mode=mode, nodes=4, gpus_per_node=8,
+                                 partition="gpu", time="2-00:00:00", extra_sbatch=["--exclusive"], **settings)
+    subprocess.run(["bash", "-n", str(path)], check=True)
+    text = path.read_text()
+    assert os.access(path, os.X_OK) and (tmp_path / "logs").is_dir()
+    for line in ("#SBATCH --nodes=4", "#SBATCH --gres=gpu:8", "#SBATCH --exclusive", f"MODE={mode}\n",
+                 '--node_rank "$SLURM_NODEID" --rdzv_endpoint "$MASTER_ADDR:$MASTER_PORT"'):
+        assert line in text
+    if mode == "megatron":
+        assert "DATA_ARGS_PATH=/data/blend.txt" in text and "--data-args-path" in text
+
+
+def test_bad_settings_are_input_errors(tmp_path):
+    with pytest.raises(InputError, match=r"unknown setting\(s\) \['gpu_per_run'\]"):
+        make_executor({"kind": "slurm", "gpu_per_run": 1})
+    with pytest.raises(InputError, match="cpus_per_run must be a whole number >= 1"):
+        SlurmExecutor(cpus_per_run=0)
+    with pytest.raises(InputError, match="extra_sbatch must be a list"):
+        SlurmExecutor(extra_sbatch="--account=x")
+    with pytest.raises(InputError, match="mode megatron needs megatron_dir"):
+        render_pretrain_script(mode="megatron", data_args_path="x")
+    with pytest.raises(InputError, match="mode must be megatron or autoscale"):
+        render_pretrain_script(mode="nemo", train_config="x")
+
+
+def test_missing_sbatch_is_a_clear_input_error(prepared, tmp_path, monkeypatch):
+    config = load_sweep_config(_sweep_yaml(prepared, tmp_path / "sweep", {"kind": "slurm"}, small=True))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(InputError, match="sbatch, squeue, scancel not found on PATH"):
+        SlurmExecutor().execute(plan_sweep(config)[:1], lambda run, row: None)
+
+
+# --- on the cluster ------------------------------------------------------------------------
+
+def test_failed_submission_shows_sbatch_stderr(slurm_cluster, prepared, tmp_path):
+    config = load_sweep_config(_sweep_yaml(prepared, tmp_path / "sweep", {"kind": "slurm"}, small=True))
+    executor = SlurmExecutor(partition="no-such-partition")
+    with pytest.raises(InputError, match=r"sbatch .*proxy_array_0.sbatch failed .*invalid partition"):
+        executor.execute(plan_sweep(config)[:1], lambda run, row: None)
+
+
+def test_a_run_that_dies_is_recorded_with_its_slurm_state_and_log_tail(slurm_cluster, prepared, tmp_path):
+    spec = _executor(slurm_cluster)
+    spec.pop("kind")
+    config = load_sweep_config(_sweep_yaml(prepared, tmp_path / "sweep", {"kind": "slurm"}, small=True),
+                               {"train": dict(TRAIN, max_epochs=1e-6)})  # asks for more than it allows
+    rows = []
+    SlurmExecutor(**spec).execute(plan_sweep(config)[:1], lambda run, row: rows.append((run.run_id, row)))
+    [(run_id, row)] = rows
+    assert run_id == "base-s0" and row["status"] == "failed" and row["failure_kind"] == "crash"
+    assert re.search(r"SLURM task \d+_0 ended FAILED with exit code 2 without a result; log \S+/\d+_0\.log tail:",
+                     row["reason"]), row["reason"]
+    assert "train: error:" in row["reason"]
+
+
+def test_ddo_sweep_through_a_job_array(slurm_cluster, prepared, tmp_path):
+    out = tmp_path / "sweep"
+    config = load_sweep_config(_sweep_yaml(prepared, out, _executor(slurm_cluster)))
+    result = run_sweep(config)
+    runs = plan_sweep(config)
+    assert sorted(result.trained) == sorted(r.run_id for r in runs) and result.failed == []
+
+    slurm_dir = out / "slurm"
+    assert sorted(p.name for p in slurm_dir.glob("proxy_array_*")) == ["proxy_array_0.sbatch"]
+    configs = (slurm_dir / "runs_0.txt").read_text().split()
+    assert configs == [str(r.config_path) for r in runs]
+    logs = sorted(slurm_dir.glob("logs/*.log"))
+    job_ids = {log.stem.split("_")[0] for log in logs}
+    assert len(logs) == len(runs) and len(job_ids) == 1, logs
+    assert sorted(_trained_configs(slurm_dir)) == sorted(configs)
+    assert all("exited with code 0" in log.read_text() for log in logs)
+    assert not (slurm_dir / "active_job").exists()
+
+    rows = json.loads(result.runs_path.read_text())["runs"]
+    assert [r["id"] for r in rows] == [r.run_id for r in runs] and {r["status"] for r in rows} == {"ok"}
+    mixture = json.loads(result.mixture_path.read_text())
+    assert mixture["schema"] == "autoscale.mixture/v1"
+    assert sum(mixture["weights"].values()) == pytest.approx(1.0)
+
+    again = run_sweep(config)
+    assert again.trained == [] and not (slurm_dir / "proxy_array_1.sbatch").exists()
+
+
+def test_restart_after_sigkill_reattaches_and_resubmits_only_what_is_missing(slurm_cluster, prepared, tmp_path,
+                                                                            caplog):
+    out = tmp_path / "sweep"
+    config_path = _sweep_yaml(prepared, out, _executor(slurm_cluster), small=True)
+    runs = plan_sweep(load_sweep_config(config_path))
+    active = out / "slurm" / "active_job"
+    log = tmp_path / "orchestrator.log"
+    first = _orchestrate(config_path, log)
+    try:
+        _wait_for(lambda: active.exists() and json.loads(active.read_text())["jobs"], 60,
+                  "the array's submission", first, log)
+        _wait_for(lambda: list(out.glob("runs/*/result.json")), 240, "a first result", first, log)
+    finally:
+        first.kill()  # SIGKILL: no chance to clean up or cancel anything
+        first.wait()
+    job_id = next(iter(json.loads(active.read_text())["jobs"]))
+    last = f"{job_id}_{len(runs) - 1}"
+    assert _task_states(job_id)[last] == "PENDING"  # throttled to 2 at a time
+    subprocess.run(["scancel", last], check=True)  # as if it never ran: it must be resubmitted
+    _wait_for(lambda: _task_states(job_id).get(last) in ENDED + (None,), 30, f"{last} to end")
+
+    with caplog.at_level(logging.INFO, logger="autoscale_ds.orchestrate.slurm"):
+        result = run_sweep(load_sweep_config(config_path))
+    reattached = re.findall(r"re-attached to task (\S+)", caplog.text)
+    assert reattached and last not in reattached, caplog.text
+    slurm_dir = out / "slurm"
+    assert sorted(p.name for p in slurm_dir.glob("proxy_array_*")) == ["proxy_array_0.sbatch", "proxy_array_1.sbatch"]
+    assert (slurm_dir / "runs_1.txt").read_text().split() == [str(runs[-1].config_path)]
+    assert sorted(_trained_configs(slurm_dir)) == sorted(str(r.config_path) for r in runs)  # each once
+    rows = json.loads(result.runs_path.read_text())["runs"]
+    assert len(rows) == len(runs) and {r["status"] for r in rows} == {"ok"}
+    assert result.mixture_path.exists() and not active.exists()
+
+
+def test_sigterm_cancels_the_array(slurm_cluster, prepared, tmp_path):
+    out = tmp_path / "sweep"
+    config_path = _sweep_yaml(prepared, out, _executor(slurm_cluster), small=True)
+    active = out / "slurm" / "active_job"
+    log = tmp_path / "orchestrator.log"
+    process = _orchestrate(config_path, log)
+    try:
+        jobs = _wait_for(lambda: active.exists() and json.loads(active.read_text())["jobs"], 60,
+                         "the array's submission", process, log)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) != 0
+    finally:
+        process.kill()
+    job_id = next(iter(jobs))
+    _wait_for(lambda: all(s in ENDED for s in _task_states(job_id).values()), 60, "the array to end")
+    assert "CANCELLED" in _task_states(job_id).values() and not active.exists()
+    assert "cancelling SLURM job(s) " + job_id in log.read_text()
+
+
+MEGATRON_STAND_IN = """
+# Stands in for Megatron-LM's pretrain_gpt.py: records what the job script handed it.
+import json, os, sys
+blend = open(sys.argv[sys.argv.index("--data-args-path") + 1]).read().split()  # as Megatron reads it
+record = {"argv": sys.argv[1:], "blend": blend, **{k: os.environ.get(k) for k in
+          ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}}
+with open(os.path.join(os.path.dirname(__file__), "seen.json"), "w") as handle:
+    json.dump(record, handle)
+"""
+
+
+def _mixture(path: Path, weights: dict, total: int) -> Path:
+    tokens = {d: int(w * total) for d, w in weights.items()}
+    path.write_text(json.dumps({"schema": "autoscale.mixture/v1", "total_tokens": total, "weights": weights,
+                                "tokens": tokens, "method": "ddo", "provenance": {}}))
+    return path
+
+
+def _wait_job(job_id: str, timeout: float) -> str:
+    state = _wait_for(lambda: next((s for s in _task_states(job_id).values() if s in ENDED), None),
+                      timeout, f"job {job_id}")
+    return state
+
+
+def test_pretrain_job_runs_both_modes_on_the_cluster(slurm_cluster, prepared, tmp_path):
+    chosen = _mixture(tmp_path / "chosen.json", {"code": 0.5, "docstrings": 0.25, "comments": 0.25}, 3072)
+    uniform = _mixture(tmp_path / "uniform.json", {"code": 0.5, "docstrings": 0.5}, 2048)
+    target = tmp_path / "target.yaml"  # names another mixture: MIXTURE must replace it
+    target.write_text(yaml.safe_dump({"manifest": str(prepared.root / "manifest.yaml"), "mixture": str(uniform),
+                                      "output_dir": str(tmp_path / "target"), "run_id": "target",
+                                      "progress": False, **TRAIN}))
+    megatron = tmp_path / "Megatron-LM"
+    megatron.mkdir()
+    (megatron / "pretrain_gpt.py").write_text(MEGATRON_STAND_IN)
+    paths = tmp_path / "paths.yaml"
+    paths.write_text(yaml.safe_dump({d: f"/data/{d}_text_document" for d in ("code", "docstrings", "comments")}))
+    blend = tmp_path / "blend.txt"
+    subprocess.run([sys.executable, "-m", "autoscale_ds", "export", str(chosen), "--format", "megatron-data-args",
+                    "--data-paths", str(paths), "--out", str(blend)], check=True, cwd=ROOT)
+
+    common = {"nodes": 1, "gpus_per_node": 0, "cpus_per_node": 1, "partition": slurm_cluster,
+              "time": "00:10:00", "env": {"TORCH_EXTENSIONS_DIR": EXTENSIONS, "OMP_NUM_THREADS": "1"}}
+    scripts = {
+        "autoscale": write_pretrain_script(tmp_path / "autoscale.sbatch", mode="autoscale",
+                                           train_config=str(target), mixture=str(chosen), **common),
+        "megatron": write_pretrain_script(tmp_path / "megatron.sbatch", mode="megatron", megatron_dir=str(megatron),
+                                          megatron_args=f"--num-layers 2 --save '{tmp_path}/check points'",
+                                          data_args_path=str(blend), **common)}
+    jobs = {mode: subprocess.run(["sbatch", "--parsable", str(script)], check=True, capture_output=True,
+                                 text=True).stdout.strip() for mode, script in scripts.items()}
+    states = {mode: _wait_job(job, 240) for mode, job in jobs.items()}
+    logs = {mode: (tmp_path / "logs" / f"autoscale-pretrain_{job}.log").read_text() for mode, job in jobs.items()}
+    assert states == {"autoscale": "COMPLETED", "megatron": "COMPLETED"}, logs
+
+    row = json.loads((tmp_path / "target" / "result.json").read_text())["runs"][0]
+    assert row["status"] == "ok" and row["train_tokens"] == {"code": 1536, "docstrings": 768, "comments": 768}
+    seen = json.loads((megatron / "seen.json").read_text())
+    assert seen["argv"][:4] == ["--num-layers", "2", "--save", f"{tmp_path}/check points"]
+    assert seen["blend"] == blend.read_text().split() and len(seen["blend"]) == 6
+    assert (seen["RANK"], seen["WORLD_SIZE"], seen["LOCAL_RANK"]) == ("0", "1", "0")
+    assert "pretrain: megatron on 1 node(s) x 1 process(es)" in logs["megatron"]
