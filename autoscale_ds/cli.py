@@ -76,6 +76,16 @@ def file_digest(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def emit(text: str = "") -> None:
+    """A line of human-readable command output (stdout); logs go to stderr."""
+    sys.stdout.write(f"{text}\n")
+
+
+def emit_error(prog: str, message: str) -> None:
+    """The one line an input problem produces (stderr)."""
+    sys.stderr.write(f"{prog}: error: {message}\n")
+
+
 # ------------------------------------------------------------------------ parser
 
 
@@ -105,7 +115,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except InputError as exc:
-        print(f"autoscale: error: {exc}", file=sys.stderr)
+        emit_error("autoscale", str(exc))
         return EXIT_INPUT_ERROR
 
 

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from .atomic import atomic_write_text
-from .cli import _domain_values, _float_of, _positive_float, file_digest, parse_token_count
+from .cli import _domain_values, _float_of, _positive_float, emit, file_digest, parse_token_count
 from .errors import InputError
 from .formats import load_mixture, load_runs, save_mixture
 from .tables import format_table, human_tokens
@@ -52,10 +52,10 @@ def _pipeline(args) -> int:
     from .train.launch import overrides_from
 
     result = run_pipeline(load_pipeline_config(args.config, overrides_from(args.set)))
-    print(predict_table(result.prediction))
-    print(f"\nmixture: {result.mixture_path}\nreport:  {result.report_path}")
+    emit(predict_table(result.prediction))
+    emit(f"\nmixture: {result.mixture_path}\nreport:  {result.report_path}")
     for fmt, path in result.exports.items():
-        print(f"export {fmt}: {path}")
+        emit(f"export {fmt}: {path}")
     return 0
 
 
@@ -157,8 +157,8 @@ def cmd_ddo(args) -> int:
     if report is not None:
         mixture.provenance["sensitivity"] = report.to_dict()
     save_mixture(args.out, mixture)
-    print(_ddo_table(result, report))
-    print(f"\nwrote {args.out}  (budget {human_tokens(mixture.total_tokens)} tokens)")
+    emit(_ddo_table(result, report))
+    emit(f"\nwrote {args.out}  (budget {human_tokens(mixture.total_tokens)} tokens)")
     return 0
 
 
@@ -251,11 +251,11 @@ def cmd_predict(args) -> int:
     inputs = [{"path": p, "sha256": file_digest(p)} for p in args.mixture]
     mixture = prediction_to_mixture(prediction, inputs, guards)
     save_mixture(args.out, mixture)
-    print(predict_table(prediction))
+    emit(predict_table(prediction))
     residual = (f"{prediction.model.rms_log_residual:.3g}" if len(prediction.budgets) > 2
                 else "n/a (two budgets fit exactly)")
-    print(f"\ns = {prediction.s:.4f}; log-linear RMS residual: {residual}")
-    print(f"wrote {args.out}  (budget {human_tokens(mixture.total_tokens)} tokens)")
+    emit(f"\ns = {prediction.s:.4f}; log-linear RMS residual: {residual}")
+    emit(f"wrote {args.out}  (budget {human_tokens(mixture.total_tokens)} tokens)")
     return 0
 
 
@@ -302,7 +302,7 @@ def cmd_export(args) -> int:
     text = export_mixture(mixture.weights, paths, args.format)
     if args.out:
         atomic_write_text(args.out, text if text.endswith("\n") else text + "\n")
-        print(f"wrote {args.out} ({args.format})")
+        emit(f"wrote {args.out} ({args.format})")
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return 0
@@ -331,5 +331,5 @@ def cmd_plot(args) -> int:
     mixtures = [(path, load_mixture(path)) for path in args.mixtures]
     written = plot_mixtures(mixtures, Path(args.out_dir))
     for path in written:
-        print(f"wrote {path}")
+        emit(f"wrote {path}")
     return 0

@@ -2,7 +2,7 @@
 
 import logging
 
-from ..cli import _domain_values, parse_token_count
+from ..cli import _domain_values, emit, parse_token_count
 from ..errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def cmd_prepare(args) -> int:
     manifest = prepare(config)
     rows = [[name, e.train.documents, e.train.tokens, e.valid.documents, e.valid.tokens]
             for name, e in manifest.domains.items()]
-    print(format_table(["domain", "train docs", "train tokens", "valid docs", "valid tokens"], rows))
-    print(f"\nwrote {manifest.root / 'manifest.yaml'} (tokenizer: {manifest.tokenizer['kind']}, "
+    emit(format_table(["domain", "train docs", "train tokens", "valid docs", "valid tokens"], rows))
+    emit(f"\nwrote {manifest.root / 'manifest.yaml'} (tokenizer: {manifest.tokenizer['kind']}, "
           f"vocab {manifest.tokenizer['vocab_size']})")
     return 0

@@ -5,6 +5,7 @@ import sys
 
 from ..errors import InputError
 from ..tables import format_table, human_tokens
+from ..cli import emit, emit_error
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +40,9 @@ def _print_summary(result) -> None:
     mixture = result.mixture
     rows = [[d, w, mixture.tokens[d], mixture.provenance["active_bounds"].get(d) or "",
              result.pinned.get(d, "")] for d, w in mixture.weights.items()]
-    print(format_table(["domain", "weight", "tokens", "bound", "kept at base because"], rows))
-    print(f"\ntrained {len(result.trained)} run(s) now; failed runs: {result.failed or 'none'}")
-    print(f"wrote {result.mixture_path} (budget {human_tokens(mixture.total_tokens)} tokens) "
+    emit(format_table(["domain", "weight", "tokens", "bound", "kept at base because"], rows))
+    emit(f"\ntrained {len(result.trained)} run(s) now; failed runs: {result.failed or 'none'}")
+    emit(f"wrote {result.mixture_path} (budget {human_tokens(mixture.total_tokens)} tokens) "
           f"and {result.runs_path}")
 
 
@@ -60,7 +61,7 @@ def main(argv=None) -> int:
     try:
         return run_from_config(args.config, overrides_from(args.set))
     except InputError as exc:
-        print(f"ddo-run: error: {exc}", file=sys.stderr)
+        emit_error("ddo-run", str(exc))
         return 2
 
 

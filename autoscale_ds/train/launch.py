@@ -12,6 +12,7 @@ import yaml
 
 from ..errors import InputError
 from .config import load_train_config
+from ..cli import emit_error
 
 
 def parse_args(argv=None):
@@ -43,7 +44,7 @@ def main(argv=None) -> int:
 
         row = train(config)
     except InputError as exc:
-        print(f"train: error: {exc}", file=sys.stderr)
+        emit_error("train", str(exc))
         return 2
     return 0 if row["status"] == "ok" else EXIT_RUN_FAILED
 
