@@ -5,21 +5,9 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-VENV="${AUTOSCALE_VENV:-.venv}"
-PYTHON="${PYTHON:-python3}"
+source scripts/_venv.sh
+install_project dev
 
-if [ ! -x "$VENV/bin/python" ]; then
-    echo "==> creating virtualenv $VENV"
-    "$PYTHON" -m venv "$VENV"
-fi
-echo "==> installing (torch pinned to the CPU build 2.13.0)"
-# torch first and pinned: an unpinned torch (pulled in by megatron-core) is a multi-GB CUDA build.
-"$VENV/bin/pip" install --quiet --disable-pip-version-check "torch==2.13.0"
-"$VENV/bin/pip" install --quiet --disable-pip-version-check -e ".[dev]"
-
-# DeepSpeed/Triton JIT builds are cached inside the repo's ignored cache dir, not per test.
-export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions}"
-export MPLBACKEND=Agg
 # The SLURM tests run a real one-node cluster on localhost; the test fixture installs and
 # starts it (scripts/slurm_local.sh) where that is possible: as root with apt-get.
 if [ -z "${AUTOSCALE_SLURM_SETUP:-}" ] && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then

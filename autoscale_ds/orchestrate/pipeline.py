@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import yaml
 
 from ..atomic import atomic_write_text
 from ..errors import InputError
@@ -19,6 +18,7 @@ from ..tables import human_tokens
 from .lock import DirectoryLock
 from .runner import run_sweep
 from .sweep import SweepConfig
+from ..yaml_config import load_yaml_config
 
 logger = logging.getLogger(__name__)
 
@@ -62,20 +62,8 @@ class PipelineConfig:
 
 
 def load_pipeline_config(path, overrides: Optional[dict] = None) -> PipelineConfig:
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise InputError(f"pipeline config {path}: cannot read ({exc})") from None
-    if not isinstance(raw, dict):
-        raise InputError(f"pipeline config {path}: expected a mapping of settings")
-    raw.update(overrides or {})
-    unknown = sorted(set(raw) - set(PipelineConfig.__dataclass_fields__))
-    if unknown:
-        raise InputError(f"pipeline config {path}: unknown setting(s) {unknown}")
-    try:
-        return PipelineConfig(**raw)
-    except TypeError as exc:
-        raise InputError(f"pipeline config {path}: {exc}") from None
+    return load_yaml_config(path, PipelineConfig, "pipeline config", overrides,
+                            required=("manifest", "output_dir", "budgets"))
 
 
 @dataclass

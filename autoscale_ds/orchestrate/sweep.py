@@ -18,6 +18,7 @@ from ..atomic import atomic_write_text
 from ..data.manifest import load_manifest
 from ..errors import InputError
 from ..train.config import TrainConfig
+from ..yaml_config import load_yaml_config
 
 logger = logging.getLogger(__name__)
 
@@ -70,21 +71,8 @@ class SweepConfig:
 
 
 def load_sweep_config(path, overrides: Optional[dict] = None) -> SweepConfig:
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise InputError(f"sweep config {path}: cannot read ({exc})") from None
-    if not isinstance(raw, dict):
-        raise InputError(f"sweep config {path}: expected a mapping of settings")
-    raw.update(overrides or {})
-    known = set(SweepConfig.__dataclass_fields__)
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise InputError(f"sweep config {path}: unknown setting(s) {unknown}; known: {sorted(known)}")
-    try:
-        return SweepConfig(**raw)
-    except TypeError as exc:
-        raise InputError(f"sweep config {path}: {exc}") from None
+    return load_yaml_config(path, SweepConfig, "sweep config", overrides,
+                            required=("manifest", "output_dir", "budget_tokens"))
 
 
 @dataclass

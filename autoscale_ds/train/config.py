@@ -2,13 +2,11 @@
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
-import yaml
-
 from ..errors import InputError
+from ..yaml_config import load_yaml_config
 from .presets import check_model_choice
 
 
@@ -124,20 +122,5 @@ def _non_negative(config, names) -> List[str]:
 
 def load_train_config(path, overrides: Optional[Dict[str, Any]] = None) -> TrainConfig:
     """Read a YAML run config; unknown keys are errors (a typo must not be silently ignored)."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"training config {path}: file not found") from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise InputError(f"training config {path}: cannot read ({exc})") from None
-    if not isinstance(raw, dict):
-        raise InputError(f"training config {path}: expected a mapping of settings")
-    raw.update(overrides or {})
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise InputError(f"training config {path}: unknown setting(s) {unknown}; known: {sorted(known)}")
-    missing = [name for name in ("manifest", "output_dir") if name not in raw]
-    if missing:
-        raise InputError(f"training config {path}: missing required setting(s) {missing}")
-    return TrainConfig(**raw)
+    return load_yaml_config(path, TrainConfig, "training config", overrides,
+                            required=("manifest", "output_dir"))
