@@ -184,7 +184,7 @@ def _check_scalars(sequence_length: Any, random_seed: Any, tokenizer: Any) -> No
 
 
 def _check_kwargs(kwargs: Mapping[str, Any], fields: set[str]) -> None:
-    ours = {"blend", "blend_per_split", "split"} & set(kwargs)
+    ours = {"blend", "blend_per_split"} & set(kwargs)
     if ours:
         raise InputError(f"{sorted(ours)[0]!r} is set from the mixture; pass split=... "
                          f"(a ratio string or {PER_SPLIT!r}) instead")
