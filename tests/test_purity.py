@@ -14,6 +14,7 @@ PURE_MODULES = [
     "autoscale_ds.data.indexed", "autoscale_ds.data.samples", "autoscale_ds.data.manifest",
     "autoscale_ds.data.sources", "autoscale_ds.data.prepare", "autoscale_ds.data.builtin_corpus",
     "autoscale_ds.train.plan", "autoscale_ds.train.presets", "autoscale_ds.train.config",
+    "autoscale_ds.data.blend", "autoscale_ds.integrations.megatron",
 ]
 HEAVY = ["torch", "deepspeed", "transformers", "triton", "megatron"]
 
