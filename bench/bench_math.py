@@ -37,9 +37,11 @@ def _timed(fn, repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[7, 30, 100, 1000],
+                        help="numbers of domains to solve for")
     args = parser.parse_args()
     print(f"{'domains':>8} {'KKT ms':>9} {'SLSQP ms':>9} {'speed-up':>9} {'objective gap':>14}")
-    for num_domains in (7, 30, 100, 1000):
+    for num_domains in args.sizes:
         problem = _problem(num_domains, seed=num_domains)
         kkt_s, ours = _timed(lambda: solve_ddo(*problem), args.repeats)
         slsqp_s, ref = _timed(lambda: _slsqp(*problem), 1 if num_domains > 100 else args.repeats)
