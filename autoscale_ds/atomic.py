@@ -1,5 +1,6 @@
 """Atomic file writes: a reader sees the old file or the new one, never a partial one."""
 
+import hashlib
 import json
 import os
 import tempfile
@@ -39,6 +40,11 @@ def atomic_write_json(path: PathLike, payload: Any) -> Path:
     """Serialise ``payload`` deterministically (sorted keys are NOT used: order is meaning)."""
     text = json.dumps(payload, indent=2, allow_nan=False) + "\n"
     return atomic_write_text(path, text)
+
+
+def file_sha256(path: PathLike) -> str:
+    """SHA-256 of a file's bytes (recorded in provenance to pin the exact inputs)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _current_umask() -> int:

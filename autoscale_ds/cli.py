@@ -5,12 +5,10 @@ with user input exits with code 2 and a single ``autoscale: error: ...`` line.
 """
 
 import argparse
-import hashlib
 import logging
 import math
 import re
 import sys
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from . import __version__
@@ -70,10 +68,6 @@ def _float_of(text: str, flag: str) -> float:
     if not math.isfinite(value):
         raise InputError(f"{flag}: not a finite number: {text!r}")
     return value
-
-
-def file_digest(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def emit(text: str = "") -> None:

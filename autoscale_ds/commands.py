@@ -5,7 +5,8 @@ import sys
 from pathlib import Path
 
 from .atomic import atomic_write_text
-from .cli import _domain_values, _float_of, _positive_float, emit, file_digest, parse_token_count
+from .atomic import file_sha256
+from .cli import _domain_values, _float_of, _positive_float, emit, parse_token_count
 from .errors import InputError
 from .formats import load_mixture, load_runs, save_mixture
 from .tables import format_table, human_tokens
@@ -149,7 +150,7 @@ def cmd_ddo(args) -> int:
     design = build_design(runs_file, options, source=args.runs)
     _check_domains_known(options, design.domains)
     result = solve_design(design, options)
-    provenance = {"runs_file": {"path": args.runs, "sha256": file_digest(args.runs)},
+    provenance = {"runs_file": {"path": args.runs, "sha256": file_sha256(args.runs)},
                   "metric": options.metric or runs_file.metric,
                   "base_runs": design.base_runs, "failed_runs": design.failed_runs}
     mixture = result_to_mixture(result, provenance)
@@ -248,7 +249,7 @@ def cmd_predict(args) -> int:
     prediction = predict(mixtures, target_tokens=args.target_tokens, steps=args.steps, guards=guards)
     from .predict import prediction_to_mixture
 
-    inputs = [{"path": p, "sha256": file_digest(p)} for p in args.mixture]
+    inputs = [{"path": p, "sha256": file_sha256(p)} for p in args.mixture]
     mixture = prediction_to_mixture(prediction, inputs, guards)
     save_mixture(args.out, mixture)
     emit(predict_table(prediction))

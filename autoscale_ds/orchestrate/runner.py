@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List
 
+from ..atomic import file_sha256
 from ..ddo import DDOOptions, build_design, result_to_mixture, solve_design
 from ..errors import InputError
 from ..formats import Mixture, runs_from_dict, save_mixture
@@ -93,7 +94,7 @@ def _solve(config: SweepConfig, out: Path, store: RunsStore, runs: List[ProxyRun
     result = solve_design(design, options)
     if result.pinned:
         logger.warning("domains kept at their base quantity: %s", result.pinned)
-    provenance = {"runs_file": {"path": RUNS_FILE, "sha256": _sha256(out / RUNS_FILE)},
+    provenance = {"runs_file": {"path": RUNS_FILE, "sha256": file_sha256(out / RUNS_FILE)},
                   "metric": "perplexity", "base_runs": design.base_runs,
                   "failed_runs": design.failed_runs, "sweep_budget_tokens": config.budget_tokens}
     mixture = result_to_mixture(result, provenance)
@@ -120,8 +121,3 @@ def _plots(mixture: Mixture, out: Path) -> None:
 
     plot_responses(mixture, out / "responses.png")
 
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -25,6 +25,7 @@ from ..errors import InputError
 from ..formats import RUNS_SCHEMA, load_mixture
 from .config import TrainConfig
 from .distributed import barrier, ensure_launcher_env, is_main_process, rank, world_size
+from .domain_loss import per_domain_cross_entropy, reduce_across_ranks
 from .evaluate import build_eval_set, evaluate
 from .models import build_model, causal_batch, count_parameters, masked_batch
 from .plan import BatchTriple, SamplePlan, derive_batch_triple, learning_rate_at, plan_samples
@@ -182,11 +183,6 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
 
-    def _loss_fn(self):
-        from .domain_loss import per_domain_cross_entropy
-
-        return lambda logits, labels, domains, num: per_domain_cross_entropy(logits, labels, domains, num)
-
     def _micro_step(self, step: int, accumulation_index: int):
         tokens, domain_ids, sample_ids = self.stream.micro_batch(step, accumulation_index)
         if self.config.model_family == "bert":
@@ -195,14 +191,12 @@ class Trainer:
             inputs, labels = causal_batch(tokens)
         device = self.engine.device
         logits = self.engine(input_ids=inputs.to(device)).logits
-        result = self._loss_fn()(logits, labels.to(device), domain_ids.to(device), len(self.plan.domains))
+        result = per_domain_cross_entropy(logits, labels.to(device), domain_ids.to(device), len(self.plan.domains))
         self.engine.backward(result.loss)
         self.engine.step()
         return result
 
     def _train_step(self) -> float:
-        from .domain_loss import reduce_across_ranks
-
         sums = torch.zeros(len(self.plan.domains), dtype=torch.float64)
         counts = torch.zeros_like(sums)
         for accumulation_index in range(self.triple.accumulation_steps):
@@ -241,7 +235,7 @@ class Trainer:
     def _evaluate(self, eval_set) -> dict:
         result = evaluate(self.engine.module, eval_set, self.config.micro_batch_size, rank(),
                           world_size(), self.config.model_family, self.vocab_size,
-                          self.config.seed, self._loss_fn())
+                          self.config.seed, per_domain_cross_entropy)
         result["step"] = self.state.step
         self.state.evals.append(result)
         monitor = getattr(self.engine, "monitor", None)
