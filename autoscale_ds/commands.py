@@ -266,10 +266,11 @@ def predict_table(prediction) -> str:
         rows.append([domain, *r.proxy_weights, r.raw_weight, r.weight,
                      f"x{r.observed_change_per_doubling:.3f}", f"x{r.predicted_change_per_doubling:.3f}",
                      "LEAVES" if r.leaves_proxy_range else "", r.guard or "",
-                     {None: "", True: "yes", False: "no"}[r.trend_within_noise]])
+                     {None: "", True: "yes", False: "no"}[r.trend_within_noise],
+                     ", ".join(human_tokens(b) for b in r.kept_at_base_at)])
     budgets = [f"w@{human_tokens(b)}" for b in prediction.budgets]
     headers = ["domain", *budgets, "model w", f"w@{human_tokens(prediction.total_tokens)}",
-               "obs/doubling", "pred/doubling", "range", "guard", "trend in noise"]
+               "obs/doubling", "pred/doubling", "range", "guard", "trend in noise", "kept at base @"]
     return format_table(headers, rows)
 
 

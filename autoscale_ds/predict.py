@@ -86,6 +86,9 @@ class DomainReport:
     trend_within_noise: Optional[bool]
     """True when the move between the two largest proxy budgets lies inside their
     sensitivity intervals (only known when both mixtures carry one)."""
+    kept_at_base_at: List[float] = field(default_factory=list)
+    """Proxy budgets whose DDO left this domain at its base quantity (flat response or failed
+    runs): there its weight is not a measured optimum, so the trend through it is not either."""
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -273,11 +276,26 @@ def _report(domains, ordered, raw_weights, weights, total, applied) -> Dict[str,
         report[domain] = DomainReport(
             [float(w) for w in history], float(raw_weights[i]), float(weights[i]), float(observed),
             float(predicted), bool(leaves), applied[i], _within_noise(domain, previous, last),
+            _kept_at_base(domain, ordered),
         )
+        if report[domain].kept_at_base_at:
+            logger.warning("domain %r: DDO kept it at its base quantity at %s tokens (flat or failed "
+                           "response), so its predicted trend is not backed by measured optima",
+                           domain, ", ".join(f"{b:,.0f}" for b in report[domain].kept_at_base_at))
         if leaves:
             logger.warning("domain %r: predicted weight %.4f leaves the range seen at the proxy "
                            "budgets [%.4f, %.4f]", domain, raw_weights[i], min(history), max(history))
     return report
+
+
+def _kept_at_base(domain: str, mixtures: Sequence[Mixture]) -> List[float]:
+    kept = []
+    for mixture in mixtures:
+        provenance = mixture.provenance
+        fit = provenance.get("fits", {}).get(domain, {})
+        if domain in provenance.get("pinned", {}) or (isinstance(fit, dict) and fit.get("flat")):
+            kept.append(float(mixture.total_tokens))
+    return kept
 
 
 def _within_noise(domain: str, previous: Mixture, last: Mixture) -> Optional[bool]:

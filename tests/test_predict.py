@@ -98,6 +98,16 @@ def test_trend_within_noise_uses_sensitivity_intervals():
     assert predict([SMALL, LARGE], steps=1).report["web"].trend_within_noise is None
 
 
+def test_domains_kept_at_base_by_ddo_are_reported_per_budget(caplog):
+    flat = Mixture(LARGE.total_tokens, LARGE.weights, LARGE.tokens, "ddo",
+                   {"fits": {"web": {"flat": True}, "code": {"flat": False}}, "pinned": {"books": "failed"}})
+    report = predict([SMALL, flat], steps=1).report
+    assert report["web"].kept_at_base_at == [LARGE.total_tokens]
+    assert report["books"].kept_at_base_at == [LARGE.total_tokens]
+    assert report["code"].kept_at_base_at == []
+    assert "'web': DDO kept it at its base quantity" in caplog.text
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"steps": 1, "target_tokens": 1e9}, "exactly one"),
     ({}, "exactly one"),

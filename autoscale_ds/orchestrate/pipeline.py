@@ -78,7 +78,12 @@ class PipelineResult:
 def run_pipeline(config: PipelineConfig) -> PipelineResult:
     out = Path(config.output_dir)
     with DirectoryLock(out):
-        sweeps = [run_sweep(config.sweep(budget)) for budget in sorted(config.budgets)]
+        sweeps = []
+        for index, budget in enumerate(sorted(config.budgets), start=1):
+            logger.info("DDO sweep %d of %d: %s tokens per base run", index, len(config.budgets),
+                        human_tokens(budget))
+            sweeps.append(run_sweep(config.sweep(budget)))
+        logger.info("predicting the mixture at the target budget, writing exports and the report")
         prediction, mixture = _predict(config, sweeps)
         mixture_path = out / f"mixture_{human_tokens(mixture.total_tokens)}.json"
         save_mixture(mixture_path, mixture)

@@ -36,6 +36,12 @@ def write_report(out: Path, sweeps, prediction, mixture, mixture_path: Path,
     return path
 
 
+def _kept_note(budgets) -> str:
+    if not budgets:
+        return ""
+    return "kept at base @" + ", ".join(human_tokens(b) for b in budgets) + " (not a measured optimum)"
+
+
 def _weights_table(sweeps, prediction):
     budgets = [human_tokens(s.mixture.total_tokens) for s in sweeps]
     header = ["domain", *[f"DDO @{b}" for b in budgets], f"AutoScale @{human_tokens(prediction.total_tokens)}",
@@ -44,7 +50,8 @@ def _weights_table(sweeps, prediction):
     for domain, r in prediction.report.items():
         note = "; ".join(n for n in ("leaves proxy range" if r.leaves_proxy_range else "",
                                      f"guard: {r.guard}" if r.guard else "",
-                                     "trend within noise" if r.trend_within_noise else "") if n)
+                                     "trend within noise" if r.trend_within_noise else "",
+                                     _kept_note(r.kept_at_base_at)) if n)
         cells = [domain, *[f"{w:.4f}" for w in r.proxy_weights], f"{r.weight:.4f}",
                  f"x{r.predicted_change_per_doubling:.3f}", note]
         lines.append("| " + " | ".join(cells) + " |")

@@ -7,6 +7,7 @@ mixture and plots are written atomically only after the last row is in.
 """
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List
@@ -54,11 +55,29 @@ def _run_locked(config: SweepConfig, out: Path, executor) -> SweepResult:
     store = RunsStore(out / RUNS_FILE, [r.run_id for r in runs])
     pending = _pending(runs, store, config.retry_failed)
     logger.info("sweep %s: %d runs planned, %d to train", out, len(runs), len(pending))
-    executor.execute(pending, lambda run, row: store.record(run.run_id, run.key, row))
+    executor.execute(pending, _recorder(store, out, len(pending)))
     mixture, pinned = _solve(config, out, store, runs)
     failed = [r["id"] for r in store.failed()]
     return SweepResult(mixture, out / MIXTURE_FILE, out / RUNS_FILE,
                        [r.run_id for r in pending], failed, pinned)
+
+
+def _recorder(store: RunsStore, out: Path, total: int):
+    """Record each finished run and log the sweep's progress (proxy runs take minutes each,
+    so one line per run is the progress a user watches)."""
+    started = time.monotonic()
+    finished = 0
+
+    def record(run: ProxyRun, row: dict) -> None:
+        nonlocal finished
+        store.record(run.run_id, run.key, row)
+        finished += 1
+        elapsed_s = time.monotonic() - started
+        outcome = "ok" if row.get("status") == "ok" else f"FAILED ({row.get('reason', '')[:120]})"
+        logger.info("sweep %s: %d/%d runs done (%s: %s), %.0f s elapsed, ~%.0f s left",
+                    out.name, finished, total, run.run_id, outcome, elapsed_s,
+                    elapsed_s / finished * (total - finished))
+    return record
 
 
 def _pending(runs: List[ProxyRun], store: RunsStore, retry_failed: bool) -> List[ProxyRun]:

@@ -103,11 +103,11 @@ def base_tokens(config: SweepConfig) -> Dict[str, float]:
     missing = [d for d in domains if d not in manifest.domains]
     if missing:
         raise InputError(f"sweep domains {missing} are not in {config.manifest}")
-    weights = _base_weights(config.base_weights, domains, manifest)
+    weights = named_weights(config.base_weights, domains, manifest)
     return {d: config.budget_tokens * weights[d] for d in domains}
 
 
-def _base_weights(spec, domains, manifest) -> Dict[str, float]:
+def named_weights(spec, domains, manifest) -> Dict[str, float]:
     if spec == "uniform":
         return {d: 1.0 / len(domains) for d in domains}
     if spec == "tokens":
@@ -133,17 +133,20 @@ def plan_sweep(config: SweepConfig) -> List[ProxyRun]:
     defaults = TrainConfig.__dataclass_fields__
     seq_len = int(config.train.get("seq_len", defaults["seq_len"].default))
     batch = int(config.train.get("global_batch_size", defaults["global_batch_size"].default))
-    base = _base_samples(base_tokens(config), seq_len, batch)
-    runs = [_proxy(config, f"base-s{seed}", _tokens(base, seq_len), seed) for seed in config.seeds]
+    base = whole_step_samples(base_tokens(config), seq_len, batch)
+    runs = [_proxy(config, f"base-s{seed}", samples_to_tokens(base, seq_len), seed)
+            for seed in config.seeds]
     for domain in base:
         for ratio in config.perturbation_ratios():
             samples = dict(base, **{domain: _perturbed_samples(base, domain, ratio, batch)})
-            runs.append(_proxy(config, f"{domain}-x{ratio:.4g}", _tokens(samples, seq_len),
+            runs.append(_proxy(config, f"{domain}-x{ratio:.4g}", samples_to_tokens(samples, seq_len),
                                config.seeds[0]))
     return runs
 
 
-def _base_samples(tokens: Dict[str, float], seq_len: int, batch: int) -> Dict[str, int]:
+def whole_step_samples(tokens: Dict[str, float], seq_len: int, batch: int) -> Dict[str, int]:
+    """Whole samples per domain that fill whole optimizer steps (the largest domains give
+    up the remainder), so the trainer consumes exactly what is planned."""
     samples = {d: int(n // seq_len) for d, n in tokens.items()}
     for _ in range(sum(samples.values()) % batch):
         largest = max(samples, key=lambda d: samples[d])
@@ -163,7 +166,7 @@ def _perturbed_samples(base: Dict[str, int], domain: str, ratio: float, batch: i
     return min(candidates, key=lambda n: (abs(n - target), n))
 
 
-def _tokens(samples: Dict[str, int], seq_len: int) -> Dict[str, int]:
+def samples_to_tokens(samples: Dict[str, int], seq_len: int) -> Dict[str, int]:
     return {d: n * seq_len for d, n in samples.items()}
 
 
