@@ -233,6 +233,9 @@ def _register_predict(commands, formatter):
                    help="minimum weight (all domains, or one), repeatable")
     p.add_argument("--max-change-per-doubling", type=float, default=None,
                    help="factor >= 1 a weight may change by per doubling of budget")
+    p.add_argument("--extrapolate-unmeasured", action="store_true",
+                   help="also extrapolate domains DDO kept at their base quantity at some budget "
+                   "(default: hold them at their weight of the largest budget)")
     p.add_argument("--out", required=True, help="mixture file to write")
     p.set_defaults(handler=cmd_predict)
 
@@ -245,7 +248,8 @@ def cmd_predict(args) -> int:
     unknown = [d for d in floors if d != "*" and d not in mixtures[0].weights]
     if unknown:
         raise InputError(f"--floor names unknown domain {unknown[0]!r}")
-    guards = PredictGuards(floor=floors, max_change_per_doubling=args.max_change_per_doubling)
+    guards = PredictGuards(floor=floors, max_change_per_doubling=args.max_change_per_doubling,
+                           hold_unmeasured=not args.extrapolate_unmeasured)
     prediction = predict(mixtures, target_tokens=args.target_tokens, steps=args.steps, guards=guards)
     from .predict import prediction_to_mixture
 

@@ -108,7 +108,8 @@ def _json_pairs(pairs: list[tuple[str, Any]]) -> dict:
 
 
 def load_data_paths(path: str | Path) -> DataPaths:
-    """Read a paths map from ``.json`` (JSON parser) or anything else (YAML, a JSON superset)."""
+    """Read a paths map from ``.json`` (JSON parser) or anything else (YAML, a JSON superset);
+    a domains manifest (``autoscale.domains/v1``) stands for the stores it lists."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -121,7 +122,20 @@ def load_data_paths(path: str | Path) -> DataPaths:
             obj = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
     except (ValueError, yaml.YAMLError) as exc:
         raise InputError(f"data-paths file {path} does not parse: {exc}") from exc
+    if isinstance(obj, Mapping) and obj.get("schema") == "autoscale.domains/v1":
+        return _manifest_stores(path)
     return data_paths_from_mapping(obj, source=str(path))
+
+
+def _manifest_stores(path: Path) -> DataPaths:
+    """A domains manifest from `autoscale prepare` names its own stores: train and valid
+    prefixes per domain, as absolute paths (trainers run from other directories)."""
+    from .data.manifest import load_manifest
+
+    manifest = load_manifest(path)
+    mapping = {d: {"train": str(manifest.prefix(d, "train").resolve()),
+                   "valid": str(manifest.prefix(d, "valid").resolve())} for d in manifest.domains}
+    return data_paths_from_mapping(mapping, source=f"{path} stores")
 
 
 def data_paths_from_mapping(obj: Any, source: str = "<data paths>") -> DataPaths:

@@ -41,6 +41,10 @@ class PredictGuards:
     max_change_per_doubling: Optional[float] = None
     """Factor >= 1: per doubling of total budget past the largest proxy budget, a weight may
     grow or shrink by at most this factor (e.g. 1.5)."""
+    hold_unmeasured: bool = True
+    """Hold a domain at its weight of the largest proxy budget when DDO kept it at its base
+    quantity at some budget (flat or failed response): its trend is not a measured one, and
+    extrapolating it is how a noisy proxy turns into a wild prediction."""
 
     def __post_init__(self):
         problems = [f"floor of {d!r} must be in [0, 1), got {w!r}"
@@ -164,8 +168,10 @@ def predict(mixtures: Sequence[Mixture], target_tokens: Optional[float] = None,
     total = float(target_tokens) if target_tokens is not None else float(raw_tokens.sum())
     raw_weights = raw_tokens / raw_tokens.sum()
     budgets = [m.total_tokens for m in ordered]
+    guards = guards or PredictGuards()
+    held = [d for d in model.domains if guards.hold_unmeasured and _kept_at_base(d, ordered)]
     weights, applied = _apply_guards(model.domains, raw_weights, ordered[-1], budgets[-1], total,
-                                     guards or PredictGuards())
+                                     guards, held)
     report = _report(model.domains, ordered, raw_weights, weights, total, applied)
     tokens = {d: float(w * total) for d, w in zip(model.domains, weights)}
     return Prediction(s, total, tokens, dict(zip(model.domains, map(float, weights))), model,
@@ -223,18 +229,24 @@ def _solve_for_s(model: LogLinearModel, target: float, last: float) -> float:
     return brentq(excess, start, high, xtol=1e-14, rtol=4 * np.finfo(float).eps, maxiter=500)
 
 
-def _apply_guards(domains, raw_weights, last_mixture, last_total, total, guards: PredictGuards):
+def _apply_guards(domains, raw_weights, last_mixture, last_total, total, guards: PredictGuards,
+                  held: Sequence[str] = ()):
     lower = np.array([guards.floor_of(d) for d in domains])
     upper = np.ones(len(domains))
+    last = np.array([last_mixture.weights[d] for d in domains])
     if guards.max_change_per_doubling is not None and total > last_total:
         factor = guards.max_change_per_doubling ** math.log2(total / last_total)
-        last = np.array([last_mixture.weights[d] for d in domains])
         lower = np.maximum(lower, last / factor)
         upper = np.minimum(upper, last * factor)
+    is_held = np.array([d in held for d in domains])
+    lower = np.where(is_held, np.maximum(last, lower), lower)
+    upper = np.where(is_held, np.maximum(last, lower), upper)
     weights = project_capped_simplex(raw_weights, lower, upper)
     applied = []
     for i in range(len(domains)):
-        if weights[i] <= lower[i] * (1 + 1e-12) and raw_weights[i] < lower[i]:
+        if is_held[i]:
+            applied.append("held (no measured trend)")
+        elif weights[i] <= lower[i] * (1 + 1e-12) and raw_weights[i] < lower[i]:
             applied.append("floor" if lower[i] == guards.floor_of(domains[i]) else "change cap")
         elif weights[i] >= upper[i] * (1 - 1e-12) and raw_weights[i] > upper[i]:
             applied.append("change cap")
@@ -280,8 +292,9 @@ def _report(domains, ordered, raw_weights, weights, total, applied) -> Dict[str,
         )
         if report[domain].kept_at_base_at:
             logger.warning("domain %r: DDO kept it at its base quantity at %s tokens (flat or failed "
-                           "response), so its predicted trend is not backed by measured optima",
-                           domain, ", ".join(f"{b:,.0f}" for b in report[domain].kept_at_base_at))
+                           "response): its trend is not measured%s",
+                           domain, ", ".join(f"{b:,.0f}" for b in report[domain].kept_at_base_at),
+                           "; held at its weight of the largest budget" if applied[i] else "")
         if leaves:
             logger.warning("domain %r: predicted weight %.4f leaves the range seen at the proxy "
                            "budgets [%.4f, %.4f]", domain, raw_weights[i], min(history), max(history))
@@ -319,7 +332,8 @@ def prediction_to_mixture(prediction: Prediction, inputs: List[dict], guards: Pr
         "inputs": inputs, "budgets": prediction.budgets, "s": prediction.s,
         "coordinates": prediction.model.coordinates.tolist(),
         "rms_log_residual": prediction.model.rms_log_residual,
-        "guards": {"floor": guards.floor, "max_change_per_doubling": guards.max_change_per_doubling},
+        "guards": {"floor": guards.floor, "max_change_per_doubling": guards.max_change_per_doubling,
+                   "hold_unmeasured": guards.hold_unmeasured},
         "report": {d: r.to_dict() for d, r in prediction.report.items()},
     }
     return Mixture(int(sum(rounded)), dict(prediction.weights), dict(zip(domains, rounded)),

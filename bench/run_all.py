@@ -23,12 +23,17 @@ BENCHMARKS = [
     ("domain loss", "bench_domain_loss.py", [], []),
     ("training overhead", "bench_train.py", ["--steps", "60", "--blocks", "6"],
      ["--steps", "12", "--blocks", "2"]),
+    # The quality benchmark at a small size in both modes (the full size takes ~1 h on 2 cores:
+    # run bench/quality.py on its own for it).
+    ("quality", "quality.py", ["--quick", "--seeds", "3", "--out", "{out}/quality_small"],
+     ["--quick", "--out", "{out}/quality_quick"]),
 ]
-_SUMMARY_LINES = 16  # each benchmark prints its figures last; the tail is the summary
+_SUMMARY_LINES = 24  # each benchmark prints its figures last; the tail is the summary
 
 
 def run(name: str, script: str, args, out_dir: Path):
     started = time.perf_counter()
+    args = [a.format(out=out_dir) for a in args]
     result = subprocess.run([sys.executable, str(HERE / script), *args], capture_output=True,
                             text=True)
     seconds = time.perf_counter() - started

@@ -7,14 +7,20 @@
 #   3. runs `autoscale pipeline` with examples/demo_pipeline.yaml: DDO at 150K and 300K
 #      tokens (2 x 11 GPT-2 proxy runs with DeepSpeed), the prediction at 3M tokens,
 #      exports for Megatron-LM / Megatron-DeepSpeed / GPT-NeoX / HF, and a report with plots.
-# Usage: bash scripts/demo.sh [OUTPUT_DIR]   (default: demo_out; a rerun reuses finished work)
+# Usage: bash scripts/demo.sh [OUTPUT_DIR [--set KEY=VALUE ...]]
+#   OUTPUT_DIR defaults to demo_out; a rerun reuses finished work. --set overrides a pipeline
+#   setting (e.g. --set 'budgets=[50000, 100000]'). AUTOSCALE_SKIP_INSTALL=1 uses the venv as is.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT="${1:-demo_out}"
+shift || true
 started=$(date +%s)
 
 source scripts/_venv.sh
-install_project data,train
+if [ -z "${AUTOSCALE_SKIP_INSTALL:-}" ]; then
+    install_project data,train
+fi
+export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions}" MPLBACKEND=Agg
 
 echo "==> building the built-in corpus and its tokenizer in $OUT/prepared"
 "$VENV/bin/autoscale" prepare --builtin-corpus --builtin-chars 1e6 --train-tokenizer 2000 \
@@ -22,8 +28,9 @@ echo "==> building the built-in corpus and its tokenizer in $OUT/prepared"
 
 echo "==> running the AutoScale pipeline (about 8 minutes on 2 cores; one line per proxy run)"
 "$VENV/bin/autoscale" pipeline --config examples/demo_pipeline.yaml \
-    --set manifest="$OUT/prepared/manifest.yaml" --set output_dir="$OUT/autoscale"
+    --set manifest="$OUT/prepared/manifest.yaml" --set output_dir="$OUT/autoscale" "$@" \
+    | tee "$OUT/pipeline.txt"
 
-echo "==> done in $(( $(date +%s) - started )) s"
-echo "mixture: $OUT/autoscale/mixture_3M.json"
-echo "report:  $OUT/autoscale/report.md  (plots next to it)"
+echo "==> done in $(( $(date +%s) - started )) s; the pipeline's tables are in $OUT/pipeline.txt"
+grep -E '^(mixture|report):' "$OUT/pipeline.txt"
+echo "(the report's plots are next to it; the exports for Megatron/GPT-NeoX/HF in $OUT/autoscale/exports/)"

@@ -4,6 +4,7 @@ every bad input fails with an InputError that names the culprit."""
 import json
 import logging
 import math
+import os
 import shlex
 import subprocess
 import sys
@@ -429,3 +430,17 @@ def test_numpy_scalars_are_accepted():
     assert parse_export(text, "olmo-core", paths) == {"a": 0.5, "b": 0.5}
     with pytest.raises(InputError, match="'a'"):
         export_mixture({"a": np.bool_(True), "b": 0.5}, paths, "megatron")
+
+
+def test_a_domains_manifest_serves_as_the_paths_map(prepared, tmp_path):
+    from autoscale_ds.export import export_mixture, load_data_paths
+
+    paths = load_data_paths(prepared.root / "manifest.yaml")
+    domains = list(prepared.domains)
+    weights = {d: 1.0 / len(domains) for d in domains}
+    neox = yaml.safe_load(export_mixture(weights, paths, "gpt-neox"))
+    assert neox["train-data-paths"] == [str((prepared.root / prepared.domains[d].train.prefix).resolve())
+                                        for d in domains]
+    assert neox["valid-data-paths"][0].endswith(f"{domains[0]}/valid_text_document")
+    for prefix in neox["train-data-paths"] + neox["valid-data-paths"]:
+        assert os.path.exists(prefix + ".bin") and os.path.exists(prefix + ".idx")

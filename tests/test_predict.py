@@ -108,6 +108,19 @@ def test_domains_kept_at_base_by_ddo_are_reported_per_budget(caplog):
     assert "'web': DDO kept it at its base quantity" in caplog.text
 
 
+def test_domains_without_a_measured_trend_are_held_unless_asked():
+    flat = Mixture(LARGE.total_tokens, LARGE.weights, LARGE.tokens, "ddo", {"fits": {"web": {"flat": True}}})
+    held = predict([SMALL, flat], target_tokens=1e8)
+    assert held.weights["web"] == pytest.approx(LARGE.weights["web"], rel=1e-12)
+    assert held.report["web"].guard == "held (no measured trend)"
+    # The other domains keep their trend's ratio to each other.
+    free = predict([SMALL, flat], target_tokens=1e8, guards=PredictGuards(hold_unmeasured=False))
+    assert free.weights["web"] != pytest.approx(LARGE.weights["web"], rel=1e-3)
+    assert held.weights["code"] / held.weights["books"] == pytest.approx(
+        free.weights["code"] / free.weights["books"], rel=1e-9)
+    assert free.report["web"].guard is None
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"steps": 1, "target_tokens": 1e9}, "exactly one"),
     ({}, "exactly one"),

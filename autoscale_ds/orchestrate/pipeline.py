@@ -106,28 +106,16 @@ def _predict(config: PipelineConfig, sweeps):
 
 
 def _exports(config: PipelineConfig, mixture, out: Path) -> Dict[str, Path]:
-    from ..export import data_paths_from_mapping, export_mixture, load_data_paths
+    from ..export import export_mixture, load_data_paths
 
     spec = config.export or {}
-    if spec.get("data_paths"):
-        paths = load_data_paths(spec["data_paths"])
-    else:
-        paths = data_paths_from_mapping(_manifest_paths(config), source=f"{config.manifest} stores")
+    paths = load_data_paths(spec.get("data_paths") or config.manifest)
     written = {}
     for fmt in spec.get("formats", []):
         path = out / "exports" / f"{fmt}.txt"
         atomic_write_text(path, export_mixture(mixture.weights, paths, fmt))
         written[fmt] = path
     return written
-
-
-def _manifest_paths(config: PipelineConfig) -> dict:
-    from ..data.manifest import load_manifest
-
-    manifest = load_manifest(config.manifest)
-    return {d: {"train": str(manifest.prefix(d, "train").resolve()),
-                "valid": str(manifest.prefix(d, "valid").resolve())}
-            for d in mixture_domains(config, manifest)}
 
 
 def mixture_domains(config: PipelineConfig, manifest) -> List[str]:

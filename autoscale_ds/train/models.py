@@ -28,7 +28,9 @@ def _gpt2(shape: ModelShape, vocab_size: int, seq_len: int, dropout: float):
 
     config = GPT2Config(vocab_size=vocab_size, n_positions=seq_len, n_embd=shape.hidden_size,
                         n_layer=shape.num_layers, n_head=shape.num_heads, resid_pdrop=dropout,
-                        embd_pdrop=dropout, attn_pdrop=dropout, use_cache=False)
+                        embd_pdrop=dropout, attn_pdrop=dropout, use_cache=False,
+                        # GPT-2's default 50256 lies outside our vocabularies; we never generate.
+                        bos_token_id=None, eos_token_id=None)
     return GPT2LMHeadModel(config)
 
 
