@@ -7,6 +7,8 @@ several seeds, with validation every few steps:
   tokens         weights proportional to each domain's training tokens
   ddo@<largest>  the DDO optimum of the largest proxy budget, reused as it is (common practice)
   autoscale      the predicted mixture
+  autoscale-unheld  the prediction that extrapolates domains DDO kept at base (only when
+                 the prediction held some: it shows what the hold changed)
   ddo@<target>   DDO run directly at the target budget (--direct-ddo; 2m+1 target-size runs)
 
 It prints the final average and per-domain validation perplexity (mean ± std over seeds) and
@@ -93,10 +95,25 @@ def arm_weights(config, direct_ddo: bool):
             "tokens": named_weights("tokens", domains, manifest),
             f"ddo@{human_tokens(largest.total_tokens)}": dict(largest.weights),
             "autoscale": dict(predicted.weights)}
+    unheld = _unheld_prediction(config, result)
+    if unheld is not None:  # what extrapolating the unmeasured trends would have trained
+        arms["autoscale-unheld"] = unheld
     if direct_ddo:
         direct = run_sweep(config.sweep(predicted.total_tokens)).mixture
         arms[f"ddo@{human_tokens(direct.total_tokens)}"] = dict(direct.weights)
     return arms, predicted.total_tokens
+
+
+def _unheld_prediction(config, result):
+    """The prediction without holding domains DDO kept at base, or None when none was held."""
+    from autoscale_ds.predict import PredictGuards, predict
+
+    if not any(r.guard == "held (no measured trend)" for r in result.prediction.report.values()):
+        return None
+    guards = PredictGuards(**dict(config.predict, hold_unmeasured=False))
+    prediction = predict([s.mixture for s in result.sweeps], target_tokens=config.target_tokens,
+                         steps=config.steps, guards=guards)
+    return dict(prediction.weights)
 
 
 def _train_config(config, weights: Dict[str, float], target_tokens: float, seed: int,
