@@ -1,7 +1,7 @@
 """Run every benchmark of the project and print a summary table.
 
     python bench/run_all.py            # full sizes (the sampler builds 10^8 samples: ~1 GB)
-    python bench/run_all.py --quick    # small sizes, a few minutes on 2 cores
+    python bench/run_all.py --quick    # small sizes, about 6 minutes on 2 cores
 
 Each benchmark runs in its own process (their numbers are never disturbed by one another);
 its full output is kept under --out (default bench_results/), and the summary repeats the
