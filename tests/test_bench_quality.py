@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +37,13 @@ def test_quality_benchmark_trains_every_arm_and_reports_speedups(prepared, tmp_p
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     results = json.loads((out / "quality.json").read_text())
     arms = [s["arm"] for s in results["summary"]]
-    assert arms == ["uniform", "tokens", "ddo@6.14K", "autoscale", "ddo@12.3K"]
+    predicted = json.loads((tmp_path / "pipeline" / "mixture_12.3K.json").read_text())
+    held = any(r["guard"] == "held (no measured trend)"
+               for r in predicted["provenance"]["report"].values())
+    # The unheld arm exists exactly when the prediction held a domain.
+    assert arms == ["uniform", "tokens", "ddo@6.14K", "autoscale",
+                    *(["autoscale-unheld"] if held else []), "ddo@12.3K"]
+    assert results["weights"]["autoscale"] == pytest.approx(predicted["weights"])
     assert set(results["speedup"]) == set(arms) - {"autoscale"}
     for summary in results["summary"]:
         assert summary["seeds"] == 2 and summary["final_mean"] > 1.0
