@@ -13,13 +13,22 @@ from .tables import human_tokens
 logger = logging.getLogger(__name__)
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only: never needs a display
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(figure, path: Path) -> Path:
+    """Lay out, write (creating the directory) and free a figure."""
+    figure.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    pyplot().close(figure)
+    return Path(path)
 
 
 def plot_mixtures(mixtures: Sequence[Tuple[str, Mixture]], out_dir: Path) -> List[Path]:
@@ -35,7 +44,7 @@ def plot_mixtures(mixtures: Sequence[Tuple[str, Mixture]], out_dir: Path) -> Lis
 
 def plot_responses(mixture: Mixture, path: Path) -> Path:
     """One panel per domain: observed relative objective, fitted curve, bounds, optimum."""
-    plt = _pyplot()
+    plt = pyplot()
     fits = mixture.provenance["fits"]
     columns = min(4, len(fits))
     rows = math.ceil(len(fits) / columns)
@@ -45,10 +54,7 @@ def plot_responses(mixture: Mixture, path: Path) -> Path:
     for axis in list(axes.flat)[len(fits):]:
         axis.set_visible(False)
     figure.suptitle(f"DDO responses at {human_tokens(mixture.total_tokens)} tokens")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def _draw_response(axis, domain: str, fit: dict, provenance: dict) -> None:
@@ -83,7 +89,7 @@ def _label_ratios(axis, ratios: np.ndarray) -> None:
 
 def plot_weights(mixtures: Sequence[Mixture], path: Path) -> Path:
     """Weight of each domain against total budget; predicted mixtures drawn hollow."""
-    plt = _pyplot()
+    plt = pyplot()
     ordered = sorted(mixtures, key=lambda m: m.total_tokens)
     domains = list(ordered[0].weights)
     figure, axis = plt.subplots(figsize=(6.5, 4.2))
@@ -102,10 +108,7 @@ def plot_weights(mixtures: Sequence[Mixture], path: Path) -> Path:
     axis.set_ylabel("domain weight")
     axis.set_title("Mixture weights across budgets (hollow: predicted)")
     axis.legend(fontsize=7, ncol=2)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def _draw_interval(axis, mixture: Mixture, domain: str, color: str) -> None:

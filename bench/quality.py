@@ -118,13 +118,11 @@ def _unheld_prediction(config, result):
 
 def _train_config(config, weights: Dict[str, float], target_tokens: float, seed: int,
                   run_dir: Path, evals: int):
-    from autoscale_ds.orchestrate.sweep import samples_to_tokens, whole_step_samples
+    from autoscale_ds.orchestrate.sweep import sequence_and_batch, samples_to_tokens, whole_step_samples
     from autoscale_ds.train.config import TrainConfig
 
     settings = dict(config.train)
-    seq_len = int(settings.get("seq_len", TrainConfig.__dataclass_fields__["seq_len"].default))
-    batch = int(settings.get("global_batch_size",
-                             TrainConfig.__dataclass_fields__["global_batch_size"].default))
+    seq_len, batch = sequence_and_batch(settings)
     samples = whole_step_samples({d: w * target_tokens for d, w in weights.items()}, seq_len, batch)
     steps = sum(samples.values()) // batch
     settings.update(manifest=config.manifest, output_dir=str(run_dir), seed=seed,
@@ -203,11 +201,9 @@ def report(curves, bands, weights) -> dict:
 
 
 def plot(bands, path: Path) -> Path:
-    import matplotlib
+    from autoscale_ds.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     domains = list(next(iter(bands.values())).per_domain_mean)
     columns = 1 + len(domains)
     figure, axes = plt.subplots(1, columns, figsize=(4 * columns, 3.6), squeeze=False)
@@ -226,11 +222,7 @@ def plot(bands, path: Path) -> Path:
         axis.set_yscale("log")
     axes[0][0].set_ylabel("validation perplexity")
     axes[0][0].legend(fontsize="small")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def main() -> int:

@@ -60,9 +60,9 @@ def _weights_table(sweeps, prediction):
 
 def plot_loss_curves(sweeps, path: Path) -> Path:
     """Per-domain eval loss against tokens seen, for each budget's first base run."""
-    from ..plots import _pyplot
+    from ..plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(6.5, 4.2))
     for style, sweep in zip(("-", "--", ":", "-."), sweeps):
         evals, tokens_per_step = _base_evals(sweep)
@@ -75,10 +75,7 @@ def plot_loss_curves(sweeps, path: Path) -> Path:
     axis.set_xlabel("training tokens")
     axis.set_ylabel("validation loss (nats/token)")
     axis.legend(fontsize=6, ncol=2)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def _base_evals(sweep):

@@ -10,7 +10,7 @@ times ends with the same bytes as one that never stopped.
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
@@ -130,9 +130,7 @@ def plan_sweep(config: SweepConfig) -> List[ProxyRun]:
     domains keep exactly the base quantities and DDO sees single-domain perturbations. The
     fit uses the ratios actually trained, not the nominal ones.
     """
-    defaults = TrainConfig.__dataclass_fields__
-    seq_len = int(config.train.get("seq_len", defaults["seq_len"].default))
-    batch = int(config.train.get("global_batch_size", defaults["global_batch_size"].default))
+    seq_len, batch = sequence_and_batch(config.train)
     base = whole_step_samples(base_tokens(config), seq_len, batch)
     runs = [_proxy(config, f"base-s{seed}", samples_to_tokens(base, seq_len), seed)
             for seed in config.seeds]
@@ -142,6 +140,13 @@ def plan_sweep(config: SweepConfig) -> List[ProxyRun]:
             runs.append(_proxy(config, f"{domain}-x{ratio:.4g}", samples_to_tokens(samples, seq_len),
                                config.seeds[0]))
     return runs
+
+
+def sequence_and_batch(train: Dict[str, Any]) -> Tuple[int, int]:
+    """(seq_len, global_batch_size) of a `train:` settings block, defaults filled in."""
+    defaults = TrainConfig.__dataclass_fields__
+    return (int(train.get("seq_len", defaults["seq_len"].default)),
+            int(train.get("global_batch_size", defaults["global_batch_size"].default)))
 
 
 def whole_step_samples(tokens: Dict[str, float], seq_len: int, batch: int) -> Dict[str, int]:
