@@ -114,6 +114,9 @@ def _register_ddo(commands, formatter):
     p.add_argument("--base-run", default=None, help="id of the base run if ambiguous")
     p.add_argument("--allow-incomplete", action="store_true",
                    help="keep domains lacking perturbed runs at their base quantity")
+    p.add_argument("--allow-mixed-eval", action="store_true",
+                   help="combine runs whose rows record different eval sets (warns, and the "
+                   "mixture's provenance says so)")
     p.add_argument("--noise-sigma", type=float, default=None,
                    help="relative noise of a run's objective for the sensitivity report "
                    "(default: estimated from repeated runs, if any)")
@@ -139,11 +142,13 @@ def _ddo_options(args):
     return DDOOptions(metric=args.metric, eval_weights=eval_weights or None,
                       min_ratio=args.min_ratio, max_ratio=args.max_ratio, ratio_bounds=bounds,
                       available_tokens=available, max_epochs=args.max_epochs,
-                      base_run=args.base_run, allow_incomplete=args.allow_incomplete)
+                      base_run=args.base_run, allow_incomplete=args.allow_incomplete,
+                      allow_mixed_eval=args.allow_mixed_eval)
 
 
 def cmd_ddo(args) -> int:
     from .ddo import build_design, result_to_mixture, solve_design
+    from .ddo_table import ddo_table
 
     options = _ddo_options(args)
     runs_file = load_runs(args.runs)
@@ -152,13 +157,12 @@ def cmd_ddo(args) -> int:
     result = solve_design(design, options)
     provenance = {"runs_file": {"path": args.runs, "sha256": file_sha256(args.runs)},
                   "metric": options.metric or runs_file.metric,
-                  "base_runs": design.base_runs, "failed_runs": design.failed_runs}
+                  "base_runs": design.base_runs, "failed_runs": design.failed_runs,
+                  "eval_set": design.eval_set}
     mixture = result_to_mixture(result, provenance)
-    report = _sensitivity(design, options, args)
-    if report is not None:
-        mixture.provenance["sensitivity"] = report.to_dict()
+    mixture.provenance["sensitivity"] = _sensitivity(design, options, args)
     save_mixture(args.out, mixture)
-    emit(_ddo_table(result, report))
+    emit(ddo_table(mixture))
     emit(f"\nwrote {args.out}  (budget {human_tokens(mixture.total_tokens)} tokens)")
     return 0
 
@@ -171,38 +175,22 @@ def _check_domains_known(options, domains):
             raise InputError(f"{flag} names unknown domain {unknown[0]!r}; domains are {domains}")
 
 
-def _sensitivity(design, options, args):
-    from .sensitivity import estimate_relative_noise, weight_intervals
+def _sensitivity(design, options, args) -> dict:
+    """The mixture's ``provenance.sensitivity``: the report, or why there is none."""
+    from .sensitivity import SKIPPED_NOISE_UNKNOWN, skip_reason, weight_intervals
 
-    if args.sensitivity_draws <= 0:
-        return None
-    if args.noise_sigma is None and estimate_relative_noise(design) is None:
-        logger.info("no repeated runs and no --noise-sigma: skipping the sensitivity report")
-        return None
+    reason = skip_reason(design, args.noise_sigma, args.sensitivity_draws)
+    if reason is not None:
+        if reason == SKIPPED_NOISE_UNKNOWN:
+            logger.info("no repeated runs and no --noise-sigma: no sensitivity report")
+        return {"skipped": reason}
     from tqdm import tqdm
 
     with tqdm(total=args.sensitivity_draws, desc="sensitivity", unit="draw",
               disable=None, file=sys.stderr) as bar:
-        return weight_intervals(design, options, args.noise_sigma, draws=args.sensitivity_draws,
-                                seed=args.seed, progress=bar.update)
-
-
-def _ddo_table(result, report) -> str:
-    base_total = result.base_tokens.sum()
-    rows = []
-    for i, domain in enumerate(result.domains):
-        fit = result.fits[i]
-        row = [domain, result.base_tokens[i] / base_total, result.weights[domain],
-               float(result.solution.ratios[i]), result.solution.active[i] or "",
-               "flat" if fit.flat else f"a={fit.a:.3g} b={fit.b:.3g}"]
-        if report is not None:
-            iv = report.intervals[domain]
-            row += [f"[{iv.lo:.3f}, {iv.hi:.3f}]", "yes" if iv.move_within_noise else "no"]
-        rows.append(row)
-    headers = ["domain", "base w", "DDO w", "ratio", "bound", "fit"]
-    if report is not None:
-        headers += [f"{int(report.coverage * 100)}% interval", "within noise"]
-    return format_table(headers, rows)
+        report = weight_intervals(design, options, args.noise_sigma, draws=args.sensitivity_draws,
+                                  seed=args.seed, progress=bar.update)
+    return report.to_dict()
 
 
 # ------------------------------------------------------------------------ predict

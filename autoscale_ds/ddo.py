@@ -4,7 +4,9 @@ The runs file only lists token counts, so the experiment design is recovered fro
 the *base* run is the token vector from which every other run differs in exactly one
 domain; each other run is a perturbation ``x = N_i / B_i`` of that one domain. Repeated
 runs with the base's token counts (e.g. several seeds) are replicates: they set the
-normalisation and feed the noise estimate.
+normalisation and feed the noise estimate. All ok runs must have been measured on one eval set
+(the ``eval_set.fingerprint`` our trainer writes in each row), else the objectives differ by
+more than the mixture.
 """
 
 import logging
@@ -48,6 +50,8 @@ class DDOOptions:
     """Id of the base run, when the token counts alone are ambiguous."""
     allow_incomplete: bool = False
     """Keep domains lacking perturbed runs at their base quantity instead of failing."""
+    allow_mixed_eval: bool = False
+    """Combine runs measured on different eval sets (warns; recorded in the provenance)."""
 
     def __post_init__(self):
         problems = []
@@ -59,6 +63,9 @@ class DDOOptions:
                 problems.append(f"{name} must be a positive number, got {value!r}")
         if self.min_ratio and self.max_ratio and self.min_ratio > self.max_ratio:
             problems.append(f"min_ratio {self.min_ratio} exceeds max_ratio {self.max_ratio}")
+        for name in ("allow_incomplete", "allow_mixed_eval"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name} must be true or false, got {getattr(self, name)!r}")
         if not (self.max_epochs > 0):
             problems.append(f"max_epochs must be positive, got {self.max_epochs!r}")
         for domain, (lo, hi) in self.ratio_bounds.items():
@@ -83,6 +90,8 @@ class Design:
     failed_runs: List[str]
     replicate_groups: List[List[int]]
     """Point indices of runs sharing identical token counts (for the noise estimate)."""
+    eval_set: Dict = field(default_factory=lambda: {"fingerprint": None, "mixed": False})
+    """The eval set the ok runs were measured on, as recorded in the mixture's provenance."""
 
     @property
     def base_runs(self) -> List[str]:
@@ -124,6 +133,7 @@ def build_design(runs_file: RunsFile, options: DDOOptions, source: str = "<runs>
         logger.warning("ignoring %d failed run(s): %s", len(failed), ", ".join(failed))
     if not ok_runs:
         raise InputError(f"runs file {source}: no run has status 'ok'")
+    eval_set = check_eval_sets(ok_runs, options.allow_mixed_eval, source)
     domains = list(ok_runs[0].train_tokens)
     vectors = [tuple(run.train_tokens[d] for d in domains) for run in ok_runs]
     base_vector = _find_base(ok_runs, vectors, options.base_run, source)
@@ -138,8 +148,53 @@ def build_design(runs_file: RunsFile, options: DDOOptions, source: str = "<runs>
     for index, vector in enumerate(vectors):
         groups[vector].append(index)
     design = Design(domains, base, point_domain, point_ratio, [r.id for r in ok_runs],
-                    objectives, failed, [g for g in groups.values() if len(g) > 1])
+                    objectives, failed, [g for g in groups.values() if len(g) > 1], eval_set)
     return design
+
+
+def check_eval_sets(ok_runs, allow_mixed: bool, source: str = "<runs>") -> dict:
+    """The eval set shared by ``ok_runs`` (provenance record); InputError when they differ.
+
+    Objectives measured on different eval sets differ by the eval sampling error as well as
+    by the mixture, which can exceed a perturbation's effect. Rows without a record count as
+    one more eval set, unless no row has one (hand-written runs files).
+    """
+    groups: Dict[Optional[str], List[str]] = {}
+    for run in ok_runs:
+        groups.setdefault(run.eval_fingerprint, []).append(run.id)
+    if len(groups) == 1:
+        return _single_eval_set(ok_runs[0])
+    summary = "; ".join(f"{_some_ids(ids)} on {short_fingerprint(fp)}" for fp, ids in groups.items())
+    if not allow_mixed:
+        raise InputError(f"runs file {source}: runs measured on different eval sets: {summary}; "
+                         "rerun them on one eval set or pass --allow-mixed-eval "
+                         "(sweep/pipeline config: ddo: {allow_mixed_eval: true})")
+    logger.warning("combining runs measured on different eval sets (allowed): %s; their "
+                   "objectives also differ by the eval sampling error", summary)
+    return {"fingerprint": None, "mixed": True,
+            "groups": [{"fingerprint": fp, "runs": ids} for fp, ids in groups.items()]}
+
+
+def _single_eval_set(run) -> dict:
+    if run.eval_fingerprint is None:
+        return {"fingerprint": None, "mixed": False}
+    record = {"fingerprint": run.eval_fingerprint, "mixed": False}
+    tokens = run.extra["eval_set"].get("tokens")
+    if isinstance(tokens, dict):
+        record["tokens"] = dict(tokens)
+    return record
+
+
+def _some_ids(ids: List[str], shown: int = 6) -> str:
+    more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
+    return ", ".join(ids[:shown]) + more
+
+
+def short_fingerprint(fingerprint: Optional[str]) -> str:
+    """First 12 hex digits, enough to tell eval sets apart in a message."""
+    if fingerprint is None:
+        return "no recorded eval set"
+    return fingerprint[:12] + ("..." if len(fingerprint) > 12 else "")
 
 
 def _find_base(runs, vectors, base_run_id, source):

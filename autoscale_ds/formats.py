@@ -39,6 +39,13 @@ class Run:
     def ok(self) -> bool:
         return self.status == "ok"
 
+    @property
+    def eval_fingerprint(self) -> Optional[str]:
+        """Fingerprint of the eval set this run was measured on, when the row records one."""
+        eval_set = self.extra.get("eval_set")
+        fingerprint = eval_set.get("fingerprint") if isinstance(eval_set, dict) else None
+        return fingerprint if isinstance(fingerprint, str) and fingerprint else None
+
     def to_dict(self) -> dict:
         row = {"id": self.id, "train_tokens": dict(self.train_tokens), "eval": dict(self.eval),
                "status": self.status}
@@ -159,12 +166,25 @@ def _run_from_dict(raw: Any, index: int, metric: str, where: str) -> Run:
         evals = _number_map(obj.get("eval"), f"{here}: eval", minimum=_eval_minimum(metric))
         if not evals:
             raise InputError(f"{here}: a run with status 'ok' needs at least one 'eval' value")
+        if obj.get("eval_set") is not None:  # null: no record, as if absent
+            _check_eval_set(obj["eval_set"], f"{here}: eval_set")
     else:
         evals = {}  # a failed run's partial metrics are never used
     extra = {k: v for k, v in obj.items() if k not in ("id", "train_tokens", "eval", "status")}
     if status == "failed" and "eval" in obj:
         extra["eval_partial"] = obj["eval"]
     return Run(run_id, tokens, evals, status, extra)
+
+
+def _check_eval_set(value: Any, where: str) -> None:
+    # Optional (hand-written rows lack it), but when present DDO compares fingerprints.
+    obj = _expect_mapping(value, where)
+    fingerprint = obj.get("fingerprint")
+    if not isinstance(fingerprint, str) or not fingerprint:
+        raise InputError(f"{where}: 'fingerprint' must be a non-empty string (the sha256 of the "
+                         f"eval tokens), got {fingerprint!r}")
+    if "tokens" in obj:
+        _number_map(obj["tokens"], f"{where}: tokens", minimum=0.0)
 
 
 def _eval_minimum(metric: str) -> float:

@@ -22,8 +22,10 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from scipy.optimize import brentq, least_squares
 
+from .ddo import short_fingerprint
 from .errors import InfeasibleError, InputError
 from .formats import Mixture
+from .tables import human_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +160,7 @@ def predict(mixtures: Sequence[Mixture], target_tokens: Optional[float] = None,
             steps: Optional[float] = None, guards: Optional[PredictGuards] = None) -> Prediction:
     """Predict the mixture at ``target_tokens`` total, or ``steps`` units of s past the last."""
     ordered = _check_inputs(mixtures, target_tokens, steps)
+    _warn_on_eval_sets(ordered)
     model = fit_log_linear(ordered)
     if model.rms_log_residual > 0.05:
         logger.warning("budgets disagree with one log-linear trend (RMS log residual %.3f)",
@@ -201,6 +204,28 @@ def _check_inputs(mixtures, target_tokens, steps) -> List[Mixture]:
     if steps is not None and not (steps >= 0 and math.isfinite(steps)):
         raise InputError(f"steps must be a non-negative number, got {steps!r}")
     return ordered
+
+
+def _warn_on_eval_sets(ordered: Sequence[Mixture]) -> None:
+    """Budgets may share one eval set; optima measured on different ones compare less well."""
+    budgets_by_eval_set: Dict[str, List[str]] = {}
+    for mixture in ordered:
+        label = _eval_set_label(mixture)
+        budgets_by_eval_set.setdefault(label, []).append(human_tokens(mixture.total_tokens))
+    if len(budgets_by_eval_set) > 1:
+        summary = "; ".join(f"{', '.join(budgets)} on {label}"
+                            for label, budgets in budgets_by_eval_set.items())
+        logger.warning("the DDO mixtures were measured on different eval sets (%s): their optima "
+                       "are less comparable across budgets; rerun the proxies on one eval set",
+                       summary)
+
+
+def _eval_set_label(mixture: Mixture) -> str:
+    record = mixture.provenance.get("eval_set")
+    if isinstance(record, dict) and record.get("mixed"):
+        return "mixed eval sets"
+    fingerprint = record.get("fingerprint") if isinstance(record, dict) else None
+    return short_fingerprint(fingerprint if isinstance(fingerprint, str) and fingerprint else None)
 
 
 def _solve_for_s(model: LogLinearModel, target: float, last: float) -> float:

@@ -20,6 +20,11 @@ from .errors import InputError
 
 logger = logging.getLogger(__name__)
 
+SKIPPED_OFF = "off"
+"""``provenance.sensitivity.skipped``: the user asked for 0 draws."""
+SKIPPED_NOISE_UNKNOWN = "noise unknown"
+"""``provenance.sensitivity.skipped``: no repeated runs and no sigma given."""
+
 
 @dataclass
 class WeightInterval:
@@ -69,6 +74,15 @@ def estimate_relative_noise(design: Design) -> Optional[float]:
         squares += float(np.sum((relative - 1.0) ** 2))
         dof += len(values) - 1
     return math.sqrt(squares / dof) if dof else None
+
+
+def skip_reason(design: Design, relative_sigma: Optional[float], draws: int) -> Optional[str]:
+    """Why no sensitivity report can be made (recorded in the mixture), or None if it can."""
+    if draws <= 0:
+        return SKIPPED_OFF
+    if relative_sigma is None and estimate_relative_noise(design) is None:
+        return SKIPPED_NOISE_UNKNOWN
+    return None
 
 
 def weight_intervals(

@@ -17,6 +17,13 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
     return "\n".join(lines)
 
 
+def format_markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> List[str]:
+    """The same cells as :func:`format_table`, as Markdown table lines."""
+    lines = ["| " + " | ".join(str(h) for h in headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return lines
+
+
 def _cell(value: object) -> str:
     if value is None:
         return "-"

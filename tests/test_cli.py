@@ -17,8 +17,11 @@ from synthetic import make_runs
 DOMAINS = ["web", "code", "books"]
 
 
-def _write_runs(path, base_tokens, **kwargs):
+def _write_runs(path, base_tokens, eval_sets=(), **kwargs):
+    """A synthetic runs file; ``eval_sets[k]`` tags run k with that eval fingerprint."""
     payload = make_runs(DOMAINS, [0.5, 1.0, 0.2], [0.8, 0.5, 1.2], base_tokens, **kwargs)
+    for run, fingerprint in zip(payload["runs"], eval_sets):
+        run["eval_set"] = {"fingerprint": fingerprint, "tokens": {"held_out": 2048}}
     path.write_text(json.dumps(payload))
     return path
 
@@ -44,7 +47,8 @@ def test_ddo_writes_a_valid_mixture_and_prints_a_table(two_budgets, capsys):
     code, out, _ = _run(["ddo", "--runs", two_budgets / "runs_small.json",
                          "--out", two_budgets / "again.json", "--sensitivity-draws", 20], capsys)
     assert code == 0
-    assert "domain" in out and "DDO w" in out and "90% interval" in out
+    assert "domain" in out and "DDO w" in out and "90% interval" in out and "within noise" in out
+    assert "noise: relative sigma" in out and "estimated from 1 group(s) of repeated runs" in out
     mixture = json.loads((two_budgets / "m_small.json").read_text())
     assert mixture["schema"] == "autoscale.mixture/v1" and mixture["method"] == "ddo"
     assert sum(mixture["weights"].values()) == pytest.approx(1.0)
@@ -52,6 +56,58 @@ def test_ddo_writes_a_valid_mixture_and_prints_a_table(two_budgets, capsys):
     assert set(mixture["provenance"]["sensitivity"]["weights"]) == set(DOMAINS)
     # Same input, same seed: byte-identical output.
     assert (two_budgets / "again.json").read_bytes() == (two_budgets / "m_small.json").read_bytes()
+
+
+def test_ddo_table_says_when_the_noise_is_unknown(two_budgets, capsys):
+    code, out, _ = _run(["ddo", "--runs", two_budgets / "runs_large.json",
+                         "--out", two_budgets / "single.json"], capsys)
+    assert code == 0
+    assert "noise: unknown -- repeat the base run over seeds or pass --noise-sigma" in out
+    rows = out.splitlines()[2:2 + len(DOMAINS)]
+    assert all(row.split()[-2:] == ["n/a", "n/a"] for row in rows)
+    provenance = json.loads((two_budgets / "single.json").read_text())["provenance"]
+    assert provenance["sensitivity"] == {"skipped": "noise unknown"}
+    assert provenance["eval_set"] == {"fingerprint": None, "mixed": False}
+
+
+def test_ddo_refuses_runs_measured_on_different_eval_sets(tmp_path, capsys, caplog):
+    fingerprints = ["a" * 64] * 4 + ["b" * 64] + ["a" * 64] * 3  # code-x0.2 on another eval set
+    runs = _write_runs(tmp_path / "runs.json", [1e5] * 3, eval_sets=fingerprints, base_repeats=2)
+    code, out, err = _run(["ddo", "--runs", runs, "--out", tmp_path / "m.json"], capsys)
+    assert code == 2 and not (tmp_path / "m.json").exists()
+    _assert_clean_failure(code, err)
+    assert ("runs measured on different eval sets: base-seed0, base-seed1, web-x0.2, web-x3, "
+            "code-x3, books-x0.2 and 1 more on aaaaaaaaaaaa...; code-x0.2 on bbbbbbbbbbbb...; "
+            "rerun them on one eval set or pass --allow-mixed-eval") in err
+
+    code, out, err = _run(["ddo", "--runs", runs, "--out", tmp_path / "m.json",
+                           "--allow-mixed-eval"], capsys)
+    assert code == 0, err
+    assert "combining runs measured on different eval sets (allowed)" in caplog.text
+    record = json.loads((tmp_path / "m.json").read_text())["provenance"]["eval_set"]
+    assert record["mixed"] is True
+    assert [g["runs"] for g in record["groups"]][1] == ["code-x0.2"]
+
+
+def test_predict_warns_when_budgets_were_measured_on_different_eval_sets(tmp_path, capsys, caplog):
+    paths = []
+    for name, tokens, fingerprint in (("small", 1e5, "c" * 64), ("large", 3e5, "d" * 64),
+                                      ("large_same", 3e5, "c" * 64)):
+        runs = _write_runs(tmp_path / f"runs_{name}.json", [tokens] * 3, eval_sets=[fingerprint] * 8,
+                           base_repeats=2, noise=0.002)
+        paths.append(tmp_path / f"m_{name}.json")
+        assert _run(["ddo", "--runs", runs, "--out", paths[-1], "--sensitivity-draws", 5], capsys)[0] == 0
+        assert json.loads(paths[-1].read_text())["provenance"]["eval_set"]["fingerprint"] == fingerprint
+    caplog.clear()
+    code, _, err = _run(["predict", "--mixture", paths[0], "--mixture", paths[1], "--steps", "1",
+                         "--out", tmp_path / "next.json"], capsys)
+    assert code == 0, err
+    assert ("measured on different eval sets (300K on cccccccccccc...; 900K on dddddddddddd...)"
+            in caplog.text)
+    caplog.clear()  # one eval set shared by both budgets: nothing to warn about
+    assert _run(["predict", "--mixture", paths[0], "--mixture", paths[2], "--steps", "1",
+                 "--out", tmp_path / "same.json"], capsys)[0] == 0
+    assert "eval sets" not in caplog.text
 
 
 def test_predict_export_and_plot_chain(two_budgets, capsys):

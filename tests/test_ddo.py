@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from autoscale_ds.ddo import DDOOptions, build_design, result_to_mixture, run_ddo
+from autoscale_ds.ddo import DDOOptions, build_design, result_to_mixture, run_ddo, solve_design
 from autoscale_ds.errors import InputError
 from autoscale_ds.formats import check_mixture, runs_from_dict
 from autoscale_ds.solve import solve_ddo
@@ -112,3 +112,68 @@ def test_flat_domain_keeps_its_base_quantity(caplog):
     result = run_ddo(runs_from_dict(payload), DDOOptions())
     assert "wiki" in result.pinned and result.solution.ratios[3] == 1.0
     assert "flat fit" in caplog.text
+
+
+# ------------------------------------------------------------------- one eval set
+
+FINGERPRINT_A = "1a2b3c4d5e6f" + "0" * 52
+FINGERPRINT_B = "9f8e7d6c5b4a" + "1" * 52
+
+
+def _with_eval_sets(fingerprints):
+    """make_runs rows, each tagged with the eval set at the same index (None: no record)."""
+    payload = make_runs(DOMAINS, A, B, BASE)
+    for run, fingerprint in zip(payload["runs"], fingerprints):
+        if fingerprint is not None:
+            run["eval_set"] = {"fingerprint": fingerprint, "tokens": {"held_out": 4096}}
+    return payload
+
+
+def test_one_eval_set_is_recorded_for_the_provenance():
+    design = build_design(runs_from_dict(_with_eval_sets([FINGERPRINT_A] * 9)), DDOOptions())
+    assert design.eval_set == {"fingerprint": FINGERPRINT_A, "mixed": False,
+                               "tokens": {"held_out": 4096}}
+
+
+def test_runs_without_any_eval_set_record_proceed():
+    design = build_design(_runs(), DDOOptions())
+    assert design.eval_set == {"fingerprint": None, "mixed": False}
+
+
+def test_different_eval_sets_are_refused_naming_the_runs_on_each_side():
+    fingerprints = [FINGERPRINT_A] * 9
+    fingerprints[3] = FINGERPRINT_B  # code-x0.2
+    with pytest.raises(InputError) as info:
+        build_design(runs_from_dict(_with_eval_sets(fingerprints)), DDOOptions())
+    message = str(info.value)
+    assert "runs measured on different eval sets" in message
+    assert "base-seed0, web-x0.2, web-x3, code-x3, books-x0.2, books-x3 and 2 more on 1a2b3c4d5e6f..." \
+        in message
+    assert "; code-x0.2 on 9f8e7d6c5b4a..." in message
+    assert "--allow-mixed-eval" in message and "\n" not in message
+
+
+def test_rows_lacking_the_record_among_rows_having_it_count_as_mixed():
+    fingerprints = [FINGERPRINT_A] * 8 + [None]  # wiki-x3 was written by hand
+    with pytest.raises(InputError, match="wiki-x3 on no recorded eval set"):
+        build_design(runs_from_dict(_with_eval_sets(fingerprints)), DDOOptions())
+
+
+def test_failed_rows_do_not_count_towards_the_eval_set_check():
+    fingerprints = [FINGERPRINT_A] * 9 + [FINGERPRINT_B]
+    payload = _with_eval_sets(fingerprints)
+    payload["runs"].append(dict(payload["runs"][1], id="web-x0.2-old", status="failed",
+                                eval_set={"fingerprint": FINGERPRINT_B}))
+    design = build_design(runs_from_dict(payload), DDOOptions())
+    assert design.eval_set["fingerprint"] == FINGERPRINT_A
+
+
+def test_mixed_eval_sets_when_allowed_warn_and_are_recorded(caplog):
+    fingerprints = [FINGERPRINT_A] * 8 + [FINGERPRINT_B]
+    runs = runs_from_dict(_with_eval_sets(fingerprints))
+    design = build_design(runs, DDOOptions(allow_mixed_eval=True))
+    assert "different eval sets (allowed)" in caplog.text
+    assert design.eval_set["mixed"] is True and design.eval_set["fingerprint"] is None
+    assert design.eval_set["groups"][1] == {"fingerprint": FINGERPRINT_B, "runs": ["wiki-x3"]}
+    mixture = result_to_mixture(solve_design(design, DDOOptions()), {"eval_set": design.eval_set})
+    assert mixture.provenance["eval_set"]["mixed"] is True

@@ -69,11 +69,23 @@ def _runs_with(mutate):
     (lambda p: p["runs"][3]["train_tokens"].pop("code"), "lacks training domain 'code'"),
     (lambda p: p["runs"][3].update(train_tokens={}), "must name at least one domain"),
     (lambda p: p["runs"].__setitem__(0, [1, 2]), "run #0: expected a JSON object, got list"),
+    (lambda p: p["runs"][1].update(eval_set="abc"), "run 'web-x0.2': eval_set: expected a JSON object"),
+    (lambda p: p["runs"][1].update(eval_set={"fingerprint": 7}), "eval_set: 'fingerprint' must be a non-empty string"),
+    (lambda p: p["runs"][1].update(eval_set={"fingerprint": "ab", "tokens": {"web": -1}}),
+     "eval_set: tokens['web']: must be >= 0"),
 ])
 def test_invalid_runs_files_name_the_problem(mutate, message):
     with pytest.raises(InputError, match=None) as info:
         runs_from_dict(_runs_with(mutate), source="runs.json")
     assert message in str(info.value) and "runs.json" in str(info.value)
+
+
+def test_eval_set_fingerprint_is_read_from_the_row_and_kept_on_save(tmp_path):
+    payload = _runs_with(lambda p: p["runs"][0].update(eval_set={"fingerprint": "ab12", "tokens": {"web": 64}}))
+    runs = runs_from_dict(payload)
+    assert runs.runs[0].eval_fingerprint == "ab12" and runs.runs[1].eval_fingerprint is None
+    save_runs(tmp_path / "runs.json", runs)
+    assert json.loads((tmp_path / "runs.json").read_text()) == payload
 
 
 def test_failed_runs_may_lack_metrics():

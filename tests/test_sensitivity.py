@@ -3,7 +3,8 @@ import pytest
 from autoscale_ds.ddo import DDOOptions, build_design
 from autoscale_ds.errors import InputError
 from autoscale_ds.formats import runs_from_dict
-from autoscale_ds.sensitivity import estimate_relative_noise, weight_intervals
+from autoscale_ds.sensitivity import (SKIPPED_NOISE_UNKNOWN, SKIPPED_OFF, estimate_relative_noise,
+                                      skip_reason, weight_intervals)
 
 from synthetic import make_runs
 
@@ -50,3 +51,11 @@ def test_same_seed_same_report_and_sigma_is_taken_from_replicates():
 def test_without_replicates_or_sigma_the_error_says_what_to_pass():
     with pytest.raises(InputError, match="--noise-sigma"):
         weight_intervals(_design(), DDOOptions(), draws=5)
+
+
+def test_the_report_is_made_whenever_the_noise_is_known():
+    replicated, single = _design(base_repeats=2, noise=0.01), _design()
+    assert skip_reason(replicated, None, draws=100) is None  # sigma from the repeated base run
+    assert skip_reason(single, 0.02, draws=100) is None
+    assert skip_reason(single, None, draws=100) == SKIPPED_NOISE_UNKNOWN
+    assert skip_reason(replicated, None, draws=0) == SKIPPED_OFF

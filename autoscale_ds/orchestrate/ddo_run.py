@@ -4,7 +4,8 @@ import logging
 import sys
 
 from ..errors import InputError
-from ..tables import format_table, human_tokens
+from ..ddo_table import CONFIG_SIGMA_HINT, ddo_table
+from ..tables import human_tokens
 from ..cli import emit, emit_error
 
 logger = logging.getLogger(__name__)
@@ -38,9 +39,9 @@ def _print_summary(result) -> None:
     if not is_main_process():
         return
     mixture = result.mixture
-    rows = [[d, w, mixture.tokens[d], mixture.provenance["active_bounds"].get(d) or "",
-             result.pinned.get(d, "")] for d, w in mixture.weights.items()]
-    emit(format_table(["domain", "weight", "tokens", "bound", "kept at base because"], rows))
+    emit(ddo_table(mixture, CONFIG_SIGMA_HINT))
+    if result.pinned:
+        emit("kept at base: " + "; ".join(f"{d} ({why})" for d, why in result.pinned.items()))
     emit(f"\ntrained {len(result.trained)} run(s) now; failed runs: {result.failed or 'none'}")
     emit(f"wrote {result.mixture_path} (budget {human_tokens(mixture.total_tokens)} tokens) "
           f"and {result.runs_path}")

@@ -22,6 +22,8 @@ from ..yaml_config import load_yaml_config
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_SEEDS = (0, 1)  # two base runs per budget: the least that estimates the noise
+
 
 @dataclass
 class PipelineConfig:
@@ -35,7 +37,11 @@ class PipelineConfig:
     domains: Optional[List[str]] = None
     base_weights: Any = "uniform"
     ratios: Optional[List[float]] = None
-    seeds: List[int] = field(default_factory=lambda: [0])
+    seeds: Optional[List[int]] = None
+    """Seeds of the base run at every budget (perturbed runs use the first). Default
+    ``[0, 1]``: the base run's spread over seeds is the noise level of the sensitivity report
+    (per-weight intervals, moves within noise). A single seed is honoured, with a warning, but
+    then the noise is unknown unless ``ddo: {noise_sigma: S}`` gives it."""
     train: Dict[str, Any] = field(default_factory=dict)
     executor: Dict[str, Any] = field(default_factory=lambda: {"kind": "local", "workers": 1})
     ddo: Dict[str, Any] = field(default_factory=dict)
@@ -53,6 +59,15 @@ class PipelineConfig:
             problems.append("give exactly one of target_tokens or steps")
         if problems:
             raise InputError("invalid pipeline config:\n  - " + "\n  - ".join(problems))
+        if self.seeds is None:
+            self.seeds = list(DEFAULT_SEEDS)
+        elif isinstance(self.seeds, list) and len(self.seeds) == 1 and not self._noise_given():
+            logger.warning("seeds: %s runs each budget's base run once, so the noise cannot be "
+                           "estimated and no weight intervals are made; use seeds: [0, 1] (the "
+                           "default) or set ddo: {noise_sigma: S}", self.seeds)
+
+    def _noise_given(self) -> bool:
+        return isinstance(self.ddo, dict) and self.ddo.get("noise_sigma") is not None
 
     def sweep(self, budget: float) -> SweepConfig:
         return SweepConfig(manifest=self.manifest, output_dir=str(Path(self.output_dir) / f"ddo_{human_tokens(budget)}"),

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Dict
 
 from ..atomic import atomic_write_text
+from ..ddo_table import ddo_markdown
 from ..tables import human_tokens
 
 logger = logging.getLogger(__name__)
@@ -22,10 +23,11 @@ def write_report(out: Path, sweeps, prediction, mixture, mixture_path: Path,
     lines += ["", f"Predicted mixture: `{mixture_path.name}` (s = {prediction.s:.3f}; "
               f"log-linear RMS residual {prediction.model.rms_log_residual:.3g}).", ""]
     lines += ["## Weights across budgets", "", "![weights](weights.png)", ""]
-    lines += ["## Fitted responses", ""]
+    lines += ["## DDO at each budget: fitted responses, weights and noise", ""]
     for sweep in sweeps:
         rel = (sweep.mixture_path.parent / "responses.png").relative_to(out)
         lines += [f"### {human_tokens(sweep.mixture.total_tokens)} tokens", "", f"![responses]({rel})", ""]
+        lines += ddo_markdown(sweep.mixture) + [""]
         if sweep.failed or sweep.pinned:
             lines += [f"Failed runs: {', '.join(sweep.failed) or 'none'}; kept at base: "
                       f"{', '.join(f'{d} ({why})' for d, why in sweep.pinned.items()) or 'none'}.", ""]

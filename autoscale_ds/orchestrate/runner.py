@@ -23,6 +23,7 @@ from .sweep import ProxyRun, SweepConfig, plan_sweep
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_SENSITIVITY_DRAWS = 100  # as `autoscale ddo --sensitivity-draws`
 RUNS_FILE = "runs.json"
 MIXTURE_FILE = "mixture.json"
 
@@ -115,24 +116,30 @@ def _solve(config: SweepConfig, out: Path, store: RunsStore, runs: List[ProxyRun
         logger.warning("domains kept at their base quantity: %s", result.pinned)
     provenance = {"runs_file": {"path": RUNS_FILE, "sha256": file_sha256(out / RUNS_FILE)},
                   "metric": "perplexity", "base_runs": design.base_runs,
-                  "failed_runs": design.failed_runs, "sweep_budget_tokens": config.budget_tokens}
+                  "failed_runs": design.failed_runs, "eval_set": design.eval_set,
+                  "sweep_budget_tokens": config.budget_tokens}
     mixture = result_to_mixture(result, provenance)
-    report = _sensitivity(design, options, config)
-    if report is not None:
-        mixture.provenance["sensitivity"] = report.to_dict()
+    mixture.provenance["sensitivity"] = _sensitivity(design, options, config)
     save_mixture(out / MIXTURE_FILE, mixture)
     _plots(mixture, out)
     return mixture, result.pinned
 
 
-def _sensitivity(design, options, config: SweepConfig):
-    from ..sensitivity import estimate_relative_noise, weight_intervals
+def _sensitivity(design, options, config: SweepConfig) -> dict:
+    """The mixture's ``provenance.sensitivity``: on by default (100 draws), with the noise
+    estimated from the base run repeated over ``seeds`` unless ``ddo.noise_sigma`` is set."""
+    from ..sensitivity import SKIPPED_NOISE_UNKNOWN, skip_reason, weight_intervals
 
-    draws = int(config.ddo.get("sensitivity_draws", 100))
+    draws = int(config.ddo.get("sensitivity_draws", DEFAULT_SENSITIVITY_DRAWS))
     sigma = config.ddo.get("noise_sigma")
-    if draws <= 0 or (sigma is None and estimate_relative_noise(design) is None):
-        return None
-    return weight_intervals(design, options, sigma, draws=draws, seed=0)
+    reason = skip_reason(design, sigma, draws)
+    if reason == SKIPPED_NOISE_UNKNOWN:
+        logger.warning("sweep %s: no repeated base runs and no ddo.noise_sigma, so the noise is "
+                       "unknown and no weight intervals are made; use seeds: [0, 1] or set "
+                       "ddo: {noise_sigma: S}", config.output_dir)
+    if reason is not None:
+        return {"skipped": reason}
+    return weight_intervals(design, options, sigma, draws=draws, seed=0).to_dict()
 
 
 def _plots(mixture: Mixture, out: Path) -> None:

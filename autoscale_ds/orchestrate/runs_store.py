@@ -16,8 +16,9 @@ from ..formats import RUNS_SCHEMA, runs_from_dict
 
 logger = logging.getLogger(__name__)
 
-ROW_FIELDS = ("id", "key", "train_tokens", "eval", "status", "reason", "failure_kind", "eval_loss",
-              "steps", "seed")
+# eval_set is kept so DDO can refuse to combine runs measured on different eval sets.
+ROW_FIELDS = ("id", "key", "train_tokens", "eval", "eval_set", "eval_halves", "status",
+              "reason", "failure_kind", "eval_loss", "steps", "seed")
 
 
 def canonical_row(row: dict, key: str) -> dict:

@@ -40,12 +40,15 @@ class SweepConfig:
     ratios: Optional[List[float]] = None
     """Perturbation ratios (default: 1/5 and 3 for GPT-2, 1/3 and 2 for BERT)."""
     seeds: List[int] = field(default_factory=lambda: [0])
-    """The base run is repeated for every seed (its spread is the noise estimate)."""
+    """The base run is repeated for every seed (its spread is the noise estimate); perturbed
+    runs use the first. With one seed and no ``ddo.noise_sigma`` the noise is unknown and the
+    mixture carries no weight intervals (the pipeline defaults to ``[0, 1]``)."""
     train: Dict[str, Any] = field(default_factory=dict)
     """Training settings shared by every proxy run (any launchers/train.py setting)."""
     executor: Dict[str, Any] = field(default_factory=lambda: {"kind": "local", "workers": 1})
     ddo: Dict[str, Any] = field(default_factory=dict)
-    """autoscale ddo options: min_ratio, max_ratio, noise_sigma, sensitivity_draws, metric."""
+    """autoscale ddo options: min_ratio, max_ratio, noise_sigma, sensitivity_draws (default
+    100), metric, allow_mixed_eval, ..."""
     retry_failed: bool = False
 
     def __post_init__(self):
