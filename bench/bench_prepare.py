@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from autoscale_ds.cli import parse_token_count
-from autoscale_ds.data.builtin_corpus import build_builtin_corpus
+from autoscale_ds.data.stdlib_corpus import build_stdlib_corpus
 from autoscale_ds.data.prepare import PrepareConfig, prepare
 from autoscale_ds.data.sources import iter_documents, resolve
 from autoscale_ds.data.tokenizer import load_tokenizer, spec_for_path
@@ -38,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
-        specs = build_builtin_corpus(Path(tmp) / "raw", int(args.chars))
+        specs = build_stdlib_corpus(Path(tmp) / "raw", int(args.chars))
         # Train the tokenizer once, outside both timings.
         first = prepare(PrepareConfig(out_dir=f"{tmp}/warm", domains=specs[:1], progress=False,
                                       train_vocab_size=args.vocab))

@@ -19,10 +19,10 @@ import torch
 
 
 def _prepared(tmp: str) -> str:
-    from autoscale_ds.data.builtin_corpus import build_builtin_corpus
+    from autoscale_ds.data.stdlib_corpus import build_stdlib_corpus
     from autoscale_ds.data.prepare import PrepareConfig, prepare
 
-    specs = build_builtin_corpus(Path(tmp) / "raw", 1_500_000,
+    specs = build_stdlib_corpus(Path(tmp) / "raw", 1_500_000,
                                  domains=["code", "docstrings", "comments", "reference"])
     manifest = prepare(PrepareConfig(out_dir=f"{tmp}/prepared", domains=specs,
                                      train_vocab_size=8000, progress=False))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from autoscale_ds.data.builtin_corpus import build_builtin_corpus
+from autoscale_ds.data.stdlib_corpus import build_stdlib_corpus
 from autoscale_ds.data.prepare import PrepareConfig, prepare
 
 CORPUS_DOMAINS = ["code", "docstrings", "comments", "reference"]
@@ -12,7 +12,7 @@ CORPUS_DOMAINS = ["code", "docstrings", "comments", "reference"]
 def raw_corpus(tmp_path_factory):
     """Four domains of real text cut from this Python's standard library (JSONL specs)."""
     out = tmp_path_factory.mktemp("raw_corpus")
-    return build_builtin_corpus(out, max_chars_per_domain=120_000, domains=CORPUS_DOMAINS)
+    return build_stdlib_corpus(out, max_chars_per_domain=120_000, domains=CORPUS_DOMAINS)
 
 
 @pytest.fixture(scope="session")

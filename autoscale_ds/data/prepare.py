@@ -9,6 +9,7 @@ progress; a rerun skips domains whose inputs, tokenizer and settings are unchang
 """
 
 import hashlib
+import itertools
 import json
 import logging
 import sys
@@ -210,8 +211,7 @@ def _up_to_date(previous: Optional[Manifest], name: str, fingerprint: str) -> bo
 def _tokenize_domain(domain: ResolvedDomain, tokenizer: Tokenizer, config: PrepareConfig,
                      fingerprint: str) -> DomainEntry:
     name = domain.spec.name
-    num_docs = count_documents(domain)
-    held_out = _valid_mask(name, num_docs, config.valid_fraction, config.seed)
+    num_docs, held_out, texts = _split_documents(domain, config)
     prefixes = {split: f"{name}/{split}_text_document" for split in ("train", "valid")}
     dtype = optimal_token_dtype(tokenizer.vocab_size)
     counts = {"train": [0, 0], "valid": [0, 0]}
@@ -219,8 +219,6 @@ def _tokenize_domain(domain: ResolvedDomain, tokenizer: Tokenizer, config: Prepa
     with IndexedTokenWriter(out_dir / prefixes["train"], dtype) as train, \
             IndexedTokenWriter(out_dir / prefixes["valid"], dtype) as valid, \
             _progress(config, num_docs, name) as bar:
-        # Whitespace-only documents become empty ones, which are skipped below.
-        texts = (text if text.strip() else "" for text in iter_documents(domain))
         for index, ids in enumerate(encode_stream(texts, tokenizer.spec, config.workers)):
             bar.update(1)
             if not ids:
@@ -235,6 +233,23 @@ def _tokenize_domain(domain: ResolvedDomain, tokenizer: Tokenizer, config: Prepa
                 name, f"{counts['train'][1]:,}", counts["train"][0], f"{counts['valid'][1]:,}",
                 counts["valid"][0])
     return DomainEntry(splits["train"], splits["valid"], [str(p) for p in domain.files], fingerprint)
+
+
+def _split_documents(domain: ResolvedDomain, config: PrepareConfig):
+    """``(number of documents, held-out mask, texts)``: explicit validation files when the
+    domain names them (they follow the training documents), else a seeded random choice."""
+    if domain.valid_files is None:
+        num_docs = count_documents(domain)
+        held_out = _valid_mask(domain.spec.name, num_docs, config.valid_fraction, config.seed)
+        documents = iter_documents(domain)
+    else:
+        valid = domain.valid_domain()
+        num_train, num_valid = count_documents(domain), count_documents(valid)
+        num_docs = num_train + num_valid
+        held_out = np.arange(num_docs) >= num_train
+        documents = itertools.chain(iter_documents(domain), iter_documents(valid))
+    # Whitespace-only documents become empty ones, which the writer skips.
+    return num_docs, held_out, (text if text.strip() else "" for text in documents)
 
 
 def _valid_mask(name: str, num_docs: int, fraction: float, seed: int) -> np.ndarray:

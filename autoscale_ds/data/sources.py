@@ -13,7 +13,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, List, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 from ..errors import InputError
 
@@ -32,20 +32,37 @@ class DomainSpec:
     """Files, directories or globs."""
     field: str = "text"
     """Field holding the text in JSONL / Parquet / Arrow / datasets sources."""
+    valid_sources: Optional[List[str]] = None
+    """Held-out documents given explicitly: then ``sources`` are all training text and no
+    documents are drawn at random for validation."""
 
 
 @dataclass
 class ResolvedDomain:
     spec: DomainSpec
     files: List[Path] = field(default_factory=list)
+    valid_files: Optional[List[Path]] = None
+    """The explicit validation files, when the spec names them."""
 
     def fingerprint(self) -> str:
         """Changes when any input file is added, removed, resized or touched, or the field."""
         digest = hashlib.sha256(self.spec.field.encode())
         for path in self.files:
-            stat = path.stat()
-            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            digest.update(_file_stamp(path))
+        if self.valid_files is not None:
+            digest.update(b"valid\n")
+            for path in self.valid_files:
+                digest.update(_file_stamp(path))
         return digest.hexdigest()
+
+    def valid_domain(self) -> "ResolvedDomain":
+        """The explicit validation files as a domain of their own, for reading."""
+        return ResolvedDomain(self.spec, list(self.valid_files or []))
+
+
+def _file_stamp(path: Path) -> bytes:
+    stat = path.stat()
+    return f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
 
 
 def resolve(spec: DomainSpec) -> ResolvedDomain:
@@ -55,8 +72,13 @@ def resolve(spec: DomainSpec) -> ResolvedDomain:
     files: List[Path] = []
     for source in spec.sources:
         files.extend(_expand(spec.name, source))
-    unique = list(dict.fromkeys(files))
-    return ResolvedDomain(spec, unique)
+    valid_files = None
+    if spec.valid_sources is not None:
+        if not spec.valid_sources:
+            raise InputError(f"domain {spec.name!r} has an empty list of validation sources")
+        valid_files = list(dict.fromkeys(p for s in spec.valid_sources
+                                         for p in _expand(spec.name, s)))
+    return ResolvedDomain(spec, list(dict.fromkeys(files)), valid_files)
 
 
 def _expand(domain: str, source: str) -> List[Path]:

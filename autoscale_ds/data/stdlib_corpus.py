@@ -1,6 +1,7 @@
-"""A real multi-domain text corpus assembled from what every Python installation has.
+"""An offline multi-domain text corpus assembled from what every Python installation has.
 
-No text ships with this package and nothing is downloaded: the domains are cut at run time
+The tests and the micro-benchmarks use it because it needs no download (the demo and the
+quality benchmark use the larger registry corpus of ``builtin_corpus``): the domains are cut at run time
 from the running interpreter's standard library (and, where present, the system's licence
 texts). They differ clearly in style, which is what a data-mixing method needs to see:
 
@@ -20,7 +21,7 @@ import logging
 import sysconfig
 import tokenize
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from ..atomic import atomic_write_text
 from .samples import stable_hash
@@ -44,6 +45,15 @@ def stdlib_sources() -> List[Path]:
     files = [p for p in root.rglob("*.py")
              if not _SKIPPED_STDLIB_PARTS.intersection(p.relative_to(root).parts)]
     return sorted(files, key=lambda p: stable_hash(p.relative_to(root).as_posix()))
+
+
+def code_documents_by_file() -> Iterator[Tuple[str, str]]:
+    """``(path relative to the standard library, source)`` of every kept source file."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    for path in stdlib_sources():
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if len(text) >= _MIN_DOCUMENT_CHARS:
+            yield path.relative_to(root).as_posix(), text
 
 
 def _code_documents(files: List[Path]) -> Iterator[str]:
@@ -117,7 +127,7 @@ def _write_if_changed(path: Path, text: str) -> None:
     atomic_write_text(path, text)
 
 
-def build_builtin_corpus(out_dir, max_chars_per_domain: int = 2_000_000,
+def build_stdlib_corpus(out_dir, max_chars_per_domain: int = 2_000_000,
                          domains: Optional[List[str]] = None) -> List[DomainSpec]:
     """Write ``<out_dir>/<domain>.jsonl`` for each domain; return specs for ``prepare``."""
     out_dir = Path(out_dir)
@@ -133,11 +143,11 @@ def build_builtin_corpus(out_dir, max_chars_per_domain: int = 2_000_000,
             continue
         texts = _take(documents, max_chars_per_domain)
         if len(texts) < 2:
-            logger.info("built-in corpus: domain %r has too little text here, left out", name)
+            logger.info("stdlib corpus: domain %r has too little text here, left out", name)
             continue
         path = out_dir / f"{name}.jsonl"
         _write_if_changed(path, "".join(json.dumps({"text": t}) + "\n" for t in texts))
-        logger.info("built-in corpus: %s: %d documents, %s characters", name, len(texts),
+        logger.info("stdlib corpus: %s: %d documents, %s characters", name, len(texts),
                     f"{sum(map(len, texts)):,}")
         specs.append(DomainSpec(name, [str(path)]))
     return specs

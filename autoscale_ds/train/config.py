@@ -42,7 +42,17 @@ class TrainConfig:
     seed: int = 0
     eval_interval_steps: int = 0
     """Evaluate every N steps (0: only at the end)."""
-    eval_samples_per_domain: int = 16
+    eval_tokens_per_domain: int = 32768
+    """Cap on each domain's eval tokens (0: the whole validation split). The eval set is
+    drawn from the validation split by `eval_seed`, identically for every run."""
+    eval_seed: int = 1234
+    """Seed of the eval set's draw, independent of `seed`: every seed and arm of a
+    comparison is measured on the same tokens."""
+    eval_samples_per_domain: Optional[int] = None
+    """Optional further cap in samples (tests use it to stay fast)."""
+    eval_batch_size: Optional[int] = None
+    """Sequences per evaluation forward pass (default: 4 x micro_batch_size; evaluation keeps
+    no activations for a backward pass, so larger batches fit)."""
     checkpoint_interval_steps: int = 0
     """Save a checkpoint every N steps (0: only at the end)."""
     max_epochs: Optional[float] = None
@@ -70,9 +80,11 @@ class TrainConfig:
         model_problem = check_model_choice(self.model_family, self.model_size)
         if model_problem:
             problems.append(model_problem)
-        problems += _positive(self, ["seq_len", "micro_batch_size", "global_batch_size",
-                                     "eval_samples_per_domain"])
+        problems += _positive(self, ["seq_len", "micro_batch_size", "global_batch_size"]
+                              + [n for n in ("eval_samples_per_domain", "eval_batch_size")
+                                 if getattr(self, n) is not None])
         problems += _non_negative(self, ["eval_interval_steps", "checkpoint_interval_steps",
+                                         "eval_tokens_per_domain", "eval_seed",
                                          "weight_decay", "gradient_clipping", "dropout"])
         if self.zero_stage not in (0, 1, 2, 3) or isinstance(self.zero_stage, bool):
             problems.append(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage!r}")

@@ -122,6 +122,8 @@ class Trainer:
         self.sources = [DomainSamples(self.manifest.open_store(d), config.seq_len, config.seed, d,
                                       config.max_epochs) for d in self.plan.domains]
         self.epochs = {s.name: s.plan(self.plan.samples_per_domain[s.name]).epochs for s in self.sources}
+        self.eval_seconds = 0.0
+        self.eval_set_entry: Optional[dict] = None
         self.stream = TrainStream(self.sources, self.plan, self.triple, rank())
         self.state = RunState(domain_loss_sums=[0.0] * len(self.plan.domains),
                               domain_token_counts=[0.0] * len(self.plan.domains))
@@ -233,11 +235,14 @@ class Trainer:
         monitor.write_events(events)
 
     def _evaluate(self, eval_set) -> dict:
-        result = evaluate(self.engine.module, eval_set, self.config.micro_batch_size, rank(),
+        started = time.time()
+        batch_size = self.config.eval_batch_size or 4 * self.config.micro_batch_size
+        result = evaluate(self.engine.module, eval_set, batch_size, rank(),
                           world_size(), self.config.model_family, self.vocab_size,
                           self.config.seed, per_domain_cross_entropy)
         result["step"] = self.state.step
         self.state.evals.append(result)
+        self.eval_seconds += time.time() - started
         monitor = getattr(self.engine, "monitor", None)
         if monitor is not None and monitor.enabled:
             monitor.write_events([(f"Eval/ppl/{d}", v, self.state.step)
@@ -250,7 +255,9 @@ class Trainer:
         self._build_engine()
         self._resume()
         eval_set = build_eval_set(self.manifest, self.plan.domains, self.config.seq_len,
-                                  self.config.seed, self.config.eval_samples_per_domain)
+                                  self.config.eval_seed, self.config.eval_tokens_per_domain,
+                                  self.config.eval_samples_per_domain)
+        self.eval_set_entry = eval_set.describe()
         status, reason, final_eval = "ok", None, None
         try:
             self._loop(eval_set)
@@ -287,9 +294,13 @@ class Trainer:
         row = {"id": self.config.run_id, "train_tokens": consumed,
                "eval": final_eval["perplexity"] if final_eval else {}, "status": status,
                "eval_loss": final_eval["loss"] if final_eval else {},
+               "eval_set": self.eval_set_entry,
+               "eval_halves": final_eval["perplexity_halves"] if final_eval else [],
                "steps": self.state.step, "planned_steps": self.plan.total_steps,
                "epochs": self.epochs, "seed": self.config.seed,
                "config_fingerprint": self.config.fingerprint(), "wall_seconds": round(seconds, 3),
+               # This process's evaluation time only: a resumed run counts from its restart.
+               "eval_seconds": round(self.eval_seconds, 3),
                "step_losses": self.state.step_losses, "evals": self.state.evals}
         if reason:
             row["reason"] = reason
