@@ -11,9 +11,24 @@ several seeds, with validation every few steps:
                  the prediction held some: it shows what the hold changed)
   ddo@<target>   DDO run directly at the target budget (--direct-ddo; 2m+1 target-size runs)
 
-It prints the final average and per-domain validation perplexity (mean ± std over seeds) and
-the speed-up per baseline: 1 - tokens AutoScale needs to reach the baseline's final average
-perplexity / the baseline's tokens; and draws the curves. It asserts nothing about the result.
+A comparison only counts if it is measured honestly (DESIGN.md, "Measuring a mixture"), so
+it prints, and writes to quality.json:
+
+- the weights, and the final average and per-domain validation perplexity (mean ± sample std
+  over seeds);
+- the epochs each arm read of each domain (most over seeds), flagging REPEATS where an arm read
+  a domain more than once: such an arm measures repetition, not the mixture;
+- per baseline, paired by seed (every arm runs the same seeds: same init, same sample order):
+  the mean difference autoscale - baseline of the final average perplexity with a 90 %
+  t-interval over seeds (none with one seed), the relative difference, and the speed-up
+  1 - tokens AutoScale needs to reach the baseline's final average perplexity / the baseline's
+  tokens, on the seed-mean curves and seed by seed;
+- the noise next to it: each arm's seed-to-seed spread (relative sample std) and the eval
+  set's own sampling error (the objective on its two disjoint halves), when the runs record it.
+
+Every run must have been measured on one eval set (its fingerprint in the result row); the
+benchmark stops, naming the runs, when they differ. It draws the curves and asserts nothing
+about the result. Relative figures in quality.json are fractions (0.05 = 5 %).
 
     python bench/quality.py                  # the demo's setup (built-in corpus, 3M tokens), 3 seeds
     python bench/quality.py --quick          # a quarter of its budgets, 4 domains, 2 seeds
@@ -29,14 +44,15 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 logger = logging.getLogger("quality")
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "demo_pipeline.yaml"
+CONFIDENCE = 0.90  # of the paired difference's t-interval
 # --quick: the demo's corpus and model at a quarter of its budgets, 4 domains, 2 seeds.
 QUICK_OVERRIDES = {"budgets": [40_000, 80_000], "target_tokens": 320_000,
-                   "domains": ["code", "docstrings", "comments", "reference"]}
+                   "domains": ["fiction", "dictionary", "code", "chat"]}
 
 
 def _parse_args():
@@ -51,9 +67,9 @@ def _parse_args():
     return parser.parse_args()
 
 
-def _pipeline_config(args, out: Path):
-    """The given pipeline config, or the demo's (examples/demo_pipeline.yaml) on the built-in
-    corpus prepared under --out, cut down with --quick."""
+def pipeline_config(args, out: Path):
+    """The given pipeline config (``args.config``), or the demo's (examples/demo_pipeline.yaml)
+    on the built-in corpus prepared under ``out``, cut down when ``args.quick``."""
     from autoscale_ds.orchestrate.pipeline import load_pipeline_config
 
     if args.config:
@@ -66,11 +82,11 @@ def _pipeline_config(args, out: Path):
 
 
 def _builtin_manifest(out_dir: Path) -> str:
-    """The demo's corpus (scripts/demo.sh): 5 built-in domains, 2000-piece tokenizer."""
+    """The demo's corpus (scripts/demo.sh): the 6 built-in domains, 2000-piece tokenizer."""
     from autoscale_ds.data.builtin_corpus import build_builtin_corpus
     from autoscale_ds.data.prepare import PrepareConfig, prepare
 
-    specs = build_builtin_corpus(out_dir.parent / "raw", 1_000_000)
+    specs = build_builtin_corpus(out_dir.parent / "raw")
     manifest = prepare(PrepareConfig(out_dir=str(out_dir), domains=specs, train_vocab_size=2000,
                                      progress=False))
     return str(manifest.root / "manifest.yaml")
@@ -132,17 +148,15 @@ def _train_config(config, weights: Dict[str, float], target_tokens: float, seed:
 
 
 def train_arm(config, arm: str, weights, target_tokens: float, seeds: List[int], out: Path,
-              evals: int):
-    """Validation curves of one arm, one per seed; finished runs with the same config are
-    reused."""
-    from autoscale_ds.curves import run_curve
+              evals: int) -> List[dict]:
+    """The result rows of one arm, one per seed (in ``seeds`` order); finished runs with the
+    same config are reused."""
     from autoscale_ds.train.trainer import Trainer
 
-    curves = []
+    rows = []
     for seed in seeds:
-        run_dir = out / "arms" / arm.replace("@", "_at_") / f"seed{seed}"
-        train_config, tokens_per_step = _train_config(config, weights, target_tokens, seed, run_dir,
-                                                     evals)
+        run_dir = out / run_name(arm, seed)
+        train_config, _ = _train_config(config, weights, target_tokens, seed, run_dir, evals)
         row = _finished(run_dir, train_config.fingerprint())
         if row is None:
             logger.info("arm %s seed %d: training %s tokens", arm, seed,
@@ -152,8 +166,13 @@ def train_arm(config, arm: str, weights, target_tokens: float, seeds: List[int],
             logger.info("arm %s seed %d: %s in %.0f s", arm, seed, row["status"], time.monotonic() - started)
         if row["status"] != "ok":
             raise SystemExit(f"arm {arm} seed {seed} failed: {row.get('reason')}; see {run_dir}")
-        curves.append(run_curve(row, tokens_per_step))
-    return curves
+        rows.append(row)
+    return rows
+
+
+def run_name(arm: str, seed: int) -> str:
+    """Where one arm/seed run lives under --out (also how messages name it)."""
+    return f"arms/{arm.replace('@', '_at_')}/seed{seed}"
 
 
 def _finished(run_dir: Path, fingerprint: str):
@@ -164,40 +183,210 @@ def _finished(run_dir: Path, fingerprint: str):
     return row if row.get("config_fingerprint") == fingerprint and row["status"] == "ok" else None
 
 
-def _per_seed_speedups(curves, baseline: str) -> List[str]:
-    """The speed-up seed by seed (same seed: same init and sample order in both arms)."""
-    from autoscale_ds.curves import seed_band, speedup
+# ---------------------------------------------------------------- figures (no training below)
 
-    values = [speedup(seed_band([a]), seed_band([b])) for a, b in zip(curves["autoscale"], curves[baseline])]
-    return ["n/r" if v is None else f"{v:+.0%}" for v in values]
+def eval_set_record(rows: Dict[str, List[dict]], seeds: List[int]) -> Optional[dict]:
+    """The one eval set every run was measured on ({fingerprint, tokens}), None when the runs
+    predate eval-set fingerprints; InputError naming the runs when they differ."""
+    from autoscale_ds.curves import shared_eval_fingerprint
+
+    named = {run_name(arm, seed): row for arm, arm_rows in rows.items()
+             for seed, row in zip(seeds, arm_rows)}
+    fingerprint = shared_eval_fingerprint(named)
+    if fingerprint is None:
+        logger.warning("the runs record no eval-set fingerprint (trained by an older version): "
+                       "cannot check that every arm was measured on the same eval set")
+        return None
+    tokens = next(iter(named.values()))["eval_set"].get("tokens")
+    return {"fingerprint": fingerprint, "tokens": tokens}
 
 
-def report(curves, bands, weights) -> dict:
-    from autoscale_ds.curves import final_summary, speedup
-    from autoscale_ds.tables import format_table
+def paired_comparisons(curves, bands, candidate: str = "autoscale") -> Dict[str, dict]:
+    """Per baseline: the paired final-perplexity difference (candidate - baseline) with its
+    t-interval, and the speed-up on the seed-mean curves and seed by seed."""
+    from autoscale_ds.curves import final_averages, paired_difference, per_seed_speedups, speedup
 
+    comparisons = {}
+    for name in curves:
+        if name == candidate:
+            continue
+        diff = paired_difference(final_averages(curves[candidate]), final_averages(curves[name]),
+                                 CONFIDENCE)
+        comparisons[name] = {
+            "baseline_final_mean": float(bands[name].mean[-1]),
+            "candidate_final_mean": float(bands[candidate].mean[-1]),
+            "difference_per_seed": diff.per_seed, "difference_mean": diff.mean,
+            "difference_interval": list(diff.interval) if diff.interval else None,
+            "confidence": diff.confidence, "relative_difference": diff.relative,
+            "verdict": diff.verdict(lower_is_better=True),
+            "speedup_mean_curves": speedup(bands[candidate], bands[name]),
+            "speedup_per_seed": per_seed_speedups(curves[candidate], curves[name])}
+    return comparisons
+
+
+def epochs_by_arm(rows: Dict[str, List[dict]], train_tokens_available: Dict[str, float]):
+    """({arm: {domain: most epochs over seeds}}, {arm: domains read more than once})."""
+    from autoscale_ds.curves import max_epochs, repeated_domains
+
+    epochs = {arm: max_epochs(arm_rows, train_tokens_available) for arm, arm_rows in rows.items()}
+    repeats = {arm: repeated_domains(e) for arm, e in epochs.items()}
+    for arm, domains in repeats.items():
+        if domains:
+            logger.warning("arm %s reads %s more than once (%s epochs): it measures repetition, "
+                           "not only the mixture", arm, domains,
+                           ", ".join(f"{epochs[arm][d]:.2f}" for d in domains))
+    return epochs, repeats
+
+
+def noise_figures(curves, rows: Dict[str, List[dict]]) -> dict:
+    """Seed spread of each arm's objective and the eval set's sampling error (halves)."""
+    from autoscale_ds.curves import final_averages, halves_summary, seed_spread
+
+    spreads = {arm: seed_spread(final_averages(c)) for arm, c in curves.items()}
+    return {"seed_std": {arm: s.std for arm, s in spreads.items()},
+            "seed_relative_std": {arm: s.relative_std for arm, s in spreads.items()},
+            "eval_halves": halves_summary([r for arm_rows in rows.values() for r in arm_rows])}
+
+
+def compare(rows: Dict[str, List[dict]], weights, seeds: List[int], tokens_per_step: int,
+            train_tokens_available: Dict[str, float]):
+    """Every figure of the benchmark from the arms' result rows: (quality.json payload, bands)."""
+    from autoscale_ds.curves import final_averages, final_summary, run_curve, seed_band, speedup
+
+    eval_set = eval_set_record(rows, seeds)  # first: nothing is compared across eval sets
+    curves = {arm: [run_curve(r, tokens_per_step) for r in arm_rows] for arm, arm_rows in rows.items()}
+    bands = {arm: seed_band(arm_curves) for arm, arm_curves in curves.items()}
+    noise = noise_figures(curves, rows)
     summary = final_summary(bands)
+    for entry in summary:
+        entry["final_per_seed"] = final_averages(curves[entry["arm"]])
+        entry["final_sample_std"] = noise["seed_std"][entry["arm"]]
+    epochs, repeats = epochs_by_arm(rows, train_tokens_available)
+    results = {"seeds": list(seeds), "eval_set": eval_set, "summary": summary,
+               "speedup": {name: speedup(bands["autoscale"], band) for name, band in bands.items()
+                           if name != "autoscale"},
+               "paired": paired_comparisons(curves, bands), "epochs": epochs, "repeats": repeats,
+               "noise": noise, "weights": weights,
+               "curves": {name: {"tokens": b.tokens.tolist(), "mean": b.mean.tolist(), "std": b.std.tolist(),
+                                 "per_domain_mean": {d: v.tolist() for d, v in b.per_domain_mean.items()}}
+                          for name, b in bands.items()}}
+    return results, bands
+
+
+# ---------------------------------------------------------------- tables (from quality.json)
+
+def markdown_table(headers, rows) -> str:
+    """A Markdown table padded into columns: readable in a terminal, pasteable into the README.
+    Cells are pre-formatted strings; numbers-looking columns are right-aligned."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(3, *(len(row[i]) for row in cells)) for i in range(len(headers))]
+    numeric = [all(_looks_numeric(row[i]) for row in cells[1:]) for i in range(len(headers))]
+
+    def line(row):
+        return "| " + " | ".join(c.rjust(w) if n else c.ljust(w)
+                                 for c, w, n in zip(row, widths, numeric)) + " |"
+    rule = "|" + "|".join("-" * (w + 1) + (":" if n else "-") for w, n in zip(widths, numeric)) + "|"
+    return "\n".join([line(cells[0]), rule, *[line(row) for row in cells[1:]]])
+
+
+def _looks_numeric(text: str) -> bool:
+    return bool(text) and text.lstrip("+-−").replace(".", "", 1).replace("%", "").replace(",", "").isdigit()
+
+
+def percent(value: Optional[float], places: int = 1, signed: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value * 100:+.{places}f}%" if signed else f"{value * 100:.{places}f}%"
+
+
+def _speedups(values) -> str:
+    return " ".join("n/r" if v is None else f"{v:+.0%}" for v in values)
+
+
+def print_report(results: dict) -> None:
+    """The tables of quality.json, in the order a reader needs them."""
+    summary = results["summary"]
     domains = list(summary[0]["per_domain"])
+    seeds = " ".join(str(s) for s in results["seeds"])
     print("\nWeights")
-    print(format_table(["arm", *domains], [[arm, *[f"{w[d]:.4f}" for d in domains]]
-                                           for arm, w in weights.items()]))
-    print("\nFinal validation perplexity at the target budget (mean ± std over seeds)")
-    print(format_table(["arm", "seeds", "average", *domains],
-                       [[s["arm"], s["seeds"], f"{s['final_mean']:.2f} ± {s['final_std']:.2f}",
-                         *[f"{s['per_domain'][d]:.2f}" for d in domains]] for s in summary]))
-    speedups = {name: speedup(bands["autoscale"], band) for name, band in bands.items()
-                if name != "autoscale"}
-    print("\nSpeed-up of AutoScale = 1 - tokens to reach the baseline's final average "
-          "perplexity / baseline tokens")
-    print(format_table(["baseline", "final avg ppl", "speed-up (mean curves)", "per seed"],
-                       [[name, f"{bands[name].mean[-1]:.2f}",
-                         "not reached" if value is None else f"{value:+.1%}",
-                         " ".join(_per_seed_speedups(curves, name))]
-                        for name, value in speedups.items()]))
-    return {"summary": summary, "speedup": speedups, "weights": weights,
-            "curves": {name: {"tokens": b.tokens.tolist(), "mean": b.mean.tolist(), "std": b.std.tolist(),
-                              "per_domain_mean": {d: v.tolist() for d, v in b.per_domain_mean.items()}}
-                       for name, b in bands.items()}}
+    print(markdown_table(["arm", *domains], [[arm, *[f"{w[d]:.4f}" for d in domains]]
+                                             for arm, w in results["weights"].items()]))
+    print(f"\nFinal validation perplexity at the target budget (seeds {seeds}; mean ± sample std)")
+    relative_std = results["noise"]["seed_relative_std"]
+    print(markdown_table(
+        ["arm", "average", "seed std", *domains],
+        [[_marked(s["arm"], results), _mean_std(s), percent(relative_std[s["arm"]]),
+          *[f"{s['per_domain'][d]:.2f}" for d in domains]] for s in summary]))
+    _print_epochs(results)
+    _print_paired(results)
+    _print_noise(results)
+
+
+def _marked(arm: str, results: dict) -> str:
+    """The arm's name, marked when it read some domain more than once."""
+    return f"{arm} (REPEATS)" if results["repeats"].get(arm) else arm
+
+
+def _mean_std(entry: dict) -> str:
+    std = entry.get("final_sample_std")
+    return f"{entry['final_mean']:.2f}" + ("" if std is None else f" ± {std:.2f}")
+
+
+def _print_epochs(results: dict) -> None:
+    epochs = results["epochs"]
+    domains = list(next(iter(epochs.values())))
+    print("\nEpochs read per domain (most over seeds; REPEATS: some tokens were read again)")
+    repeats = results["repeats"]
+    print(markdown_table(["arm", *domains, "repeats"],
+                         [[arm, *[f"{e[d]:.2f}" for d in domains],
+                           "REPEATS " + ", ".join(repeats[arm]) if repeats[arm] else "-"]
+                          for arm, e in epochs.items()]))
+
+
+def _print_paired(results: dict) -> None:
+    seeds = len(results["seeds"])
+    print(f"\nAutoScale vs each baseline, paired by seed ({seeds} seeds): difference = autoscale - "
+          f"baseline final average perplexity\n(negative: AutoScale lower, better), with its "
+          f"{CONFIDENCE:.0%} t-interval over seeds; verdict: whether the interval excludes 0")
+    print("Speed-up of AutoScale = 1 - tokens to reach the baseline's final average perplexity / "
+          "baseline tokens (n/r: not reached)")
+    rows = [[_marked(name, results), *_paired_cells(c)] for name, c in results["paired"].items()]
+    print(markdown_table(["baseline", "baseline ppl", "difference", f"{CONFIDENCE:.0%} interval",
+                          "relative diff", "verdict", "speed-up (mean curves)", "speed-up per seed"],
+                         rows))
+    if seeds == 1:
+        print("One seed: no interval, the difference cannot be told from noise; use --seeds 3.")
+
+
+def _paired_cells(c: dict) -> List[str]:
+    interval = c["difference_interval"]
+    return [f"{c['baseline_final_mean']:.2f}", f"{c['difference_mean']:+.2f}",
+            "n/a (1 seed)" if interval is None else f"[{interval[0]:+.2f}, {interval[1]:+.2f}]",
+            percent(c["relative_difference"], signed=True), c["verdict"],
+            "n/r" if c["speedup_mean_curves"] is None else f"{c['speedup_mean_curves']:+.1%}",
+            _speedups(c["speedup_per_seed"])]
+
+
+def _print_noise(results: dict) -> None:
+    noise, eval_set = results["noise"], results["eval_set"]
+    spreads = [v for v in noise["seed_relative_std"].values() if v is not None]
+    print("\nNoise")
+    if spreads:
+        print(f"- seed-to-seed relative std of an arm's final average perplexity: "
+              f"{percent(min(spreads))} to {percent(max(spreads))}")
+    halves = noise["eval_halves"]
+    if halves is None:
+        print("- eval sampling error: not recorded by these runs (no eval_halves)")
+    else:
+        print(f"- eval sampling error: the objective on the eval set's two disjoint halves differs "
+              f"by {percent(halves['mean'], 2)} (mean over {halves['runs']} run(s), max "
+              f"{percent(halves['max'], 2)})")
+    if eval_set is None:
+        print("- eval set: not fingerprinted by these runs (cannot check it is shared)")
+    else:
+        tokens = eval_set.get("tokens") or {}
+        print(f"- eval set: {eval_set['fingerprint'][:12]}, shared by every run"
+              + (f" ({sum(tokens.values()):,} tokens)" if tokens else ""))
 
 
 def plot(bands, path: Path) -> Path:
@@ -229,17 +418,24 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _parse_args()
     out = Path(args.out)
-    config = _pipeline_config(args, out)
+    config = pipeline_config(args, out)
     seeds = list(range(args.seeds or (2 if args.quick else 3)))
     weights, target_tokens = arm_weights(config, args.direct_ddo)
-    from autoscale_ds.curves import seed_band
-
-    curves = {arm: train_arm(config, arm, w, target_tokens, seeds, out, args.evals)
-              for arm, w in weights.items()}
-    bands = {arm: seed_band(arm_curves) for arm, arm_curves in curves.items()}
-    results = report(curves, bands, weights)
+    rows = {arm: train_arm(config, arm, w, target_tokens, seeds, out, args.evals)
+            for arm, w in weights.items()}
     from autoscale_ds.atomic import atomic_write_json
+    from autoscale_ds.data.manifest import load_manifest
+    from autoscale_ds.errors import InputError
+    from autoscale_ds.orchestrate.sweep import sequence_and_batch
 
+    manifest = load_manifest(config.manifest)
+    seq_len, batch = sequence_and_batch(config.train)
+    try:
+        results, bands = compare(rows, weights, seeds, seq_len * batch,
+                                 {d: e.train.tokens for d, e in manifest.domains.items()})
+    except InputError as exc:  # e.g. runs measured on different eval sets
+        raise SystemExit(f"quality benchmark: {exc}") from None
+    print_report(results)
     atomic_write_json(out / "quality.json", results)
     print(f"\ncurves: {plot(bands, out / 'quality_curves.png')}\nresults: {out / 'quality.json'}")
     return 0

@@ -1,7 +1,7 @@
 """Run every benchmark of the project and print a summary table.
 
     python bench/run_all.py            # full sizes (the sampler builds 10^8 samples: ~1 GB)
-    python bench/run_all.py --quick    # small sizes, about 6 minutes on 2 cores
+    python bench/run_all.py --quick    # small sizes, about 6 minutes on 2 cores + ~3.5 for noise
 
 Each benchmark runs in its own process (their numbers are never disturbed by one another);
 its full output is kept under --out (default bench_results/), and the summary repeats the
@@ -27,6 +27,10 @@ BENCHMARKS = [
     # run bench/quality.py on its own for it).
     ("quality", "quality.py", ["--quick", "--seeds", "3", "--out", "{out}/quality_small"],
      ["--quick", "--out", "{out}/quality_quick"]),
+    # The noise of one proxy measurement: full at the demo's smallest budget (two DDO sweeps and
+    # a third seed's base run); quick at the quick quality run's smallest budget, two seeds.
+    ("noise", "noise.py", ["--out", "{out}/noise"],
+     ["--quick", "--seeds", "0", "1", "--out", "{out}/noise_quick"]),
 ]
 _SUMMARY_LINES = 24  # each benchmark prints its figures last; the tail is the summary
 
