@@ -79,24 +79,30 @@ def seed_sweep(config, budget: float, seed: int, out: Path):
                                ddo=dict(config.ddo, sensitivity_draws=0))
 
 
-def base_row(sweep) -> dict:
-    """The result row of the sweep's base run, trained now unless it already finished."""
+def base_rows(sweeps: Dict[int, object]) -> Dict[int, dict]:
+    """The result row of each sweep's base run, the missing ones trained now in one batch on
+    the executor (two local workers run two seeds side by side)."""
+    from contextlib import ExitStack
+
     from autoscale_ds.orchestrate.executors import existing_result, make_executor
     from autoscale_ds.orchestrate.lock import DirectoryLock
     from autoscale_ds.orchestrate.sweep import plan_sweep
 
-    run = plan_sweep(sweep)[0]  # the base run comes first in every plan
-    row = existing_result(run)
-    if row is None:
-        logger.info("%s: training the base mixture (%s tokens, seed %d)", run.run_id,
-                    f"{sum(run.config.tokens_per_domain.values()):,.0f}", run.config.seed)
-        finished = []
-        with DirectoryLock(sweep.output_dir):
-            make_executor(sweep.executor).execute([run], lambda _, r: finished.append(r))
-        row = finished[0]
-    if row.get("status") != "ok":
-        raise SystemExit(f"noise: base run {run.output_dir} failed: {row.get('reason')}")
-    return row
+    runs = {seed: plan_sweep(sweep)[0] for seed, sweep in sweeps.items()}  # base runs come first
+    missing = [run for run in runs.values() if existing_result(run) is None]
+    if missing:
+        logger.info("training the base mixture for %d seed(s) (%s tokens each)", len(missing),
+                    f"{sum(missing[0].config.tokens_per_domain.values()):,.0f}")
+        with ExitStack() as locks:
+            for sweep in sweeps.values():
+                locks.enter_context(DirectoryLock(sweep.output_dir))
+            make_executor(next(iter(sweeps.values())).executor).execute(missing, lambda *_: None)
+    rows = {seed: existing_result(run) for seed, run in runs.items()}
+    for seed, row in rows.items():
+        if row is None or row.get("status") != "ok":
+            raise SystemExit(f"noise: base run {runs[seed].output_dir} failed: "
+                             f"{(row or {}).get('reason', 'no result')}")
+    return rows
 
 
 def sweep_rows(sweep) -> Dict[str, dict]:
@@ -117,7 +123,7 @@ def run_all(config, budget: float, seeds: List[int], out: Path):
     from autoscale_ds.orchestrate.runner import run_sweep
 
     sweeps = {seed: seed_sweep(config, budget, seed, out) for seed in seeds}
-    base = {seed: base_row(sweep) for seed, sweep in sweeps.items()}  # (a) first: the cheap part
+    base = base_rows(sweeps)  # (a) first: the cheap part
     ddo = {}
     for seed in seeds[:2]:  # (c): the sweep resumes from its base run trained above
         logger.info("DDO sweep with seed %d at %s tokens", seed, f"{budget:,.0f}")

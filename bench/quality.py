@@ -30,8 +30,8 @@ Every run must have been measured on one eval set (its fingerprint in the result
 benchmark stops, naming the runs, when they differ. It draws the curves and asserts nothing
 about the result. Relative figures in quality.json are fractions (0.05 = 5 %).
 
-    python bench/quality.py                  # the demo's setup (built-in corpus, 3M tokens), 3 seeds
-    python bench/quality.py --quick          # a quarter of its budgets, 4 domains, 2 seeds
+    python bench/quality.py                  # the demo's setup (built-in corpus, 1.5M tokens), 3 seeds
+    python bench/quality.py --quick          # smaller budgets, 4 domains, 2 seeds
     python bench/quality.py --config AUTOSCALE.yaml --seeds 3 --direct-ddo   # your own setup
 
 Every arm/seed run is kept under --out and reused when its config is unchanged, so an
@@ -50,7 +50,8 @@ logger = logging.getLogger("quality")
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "demo_pipeline.yaml"
 CONFIDENCE = 0.90  # of the paired difference's t-interval
-# --quick: the demo's corpus and model at a quarter of its budgets, 4 domains, 2 seeds.
+# --quick: the demo's corpus and model at about half its budgets and a fifth of its target,
+# 4 domains, 2 seeds.
 QUICK_OVERRIDES = {"budgets": [40_000, 80_000], "target_tokens": 320_000,
                    "domains": ["fiction", "dictionary", "code", "chat"]}
 
@@ -58,9 +59,9 @@ QUICK_OVERRIDES = {"budgets": [40_000, 80_000], "target_tokens": 320_000,
 def _parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="pipeline config (YAML); default: the demo's on the built-in corpus")
-    parser.add_argument("--quick", action="store_true", help="the demo's setup at a quarter of its budgets")
+    parser.add_argument("--quick", action="store_true", help="the demo's setup at smaller budgets, 4 domains")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 3; --quick: 2)")
-    parser.add_argument("--evals", type=int, default=10, help="evaluations per training run")
+    parser.add_argument("--evals", type=int, default=8, help="evaluations per training run")
     parser.add_argument("--direct-ddo", action="store_true",
                         help="also run DDO directly at the target budget (2m+1 target-size runs)")
     parser.add_argument("--out", default="bench_results/quality", help="runs, curves and results")
@@ -122,11 +123,12 @@ def arm_weights(config, direct_ddo: bool):
 
 def _unheld_prediction(config, result):
     """The prediction without holding domains DDO kept at base, or None when none was held."""
+    from autoscale_ds.orchestrate.pipeline import guard_settings
     from autoscale_ds.predict import PredictGuards, predict
 
     if not any(r.guard == "held (no measured trend)" for r in result.prediction.report.values()):
         return None
-    guards = PredictGuards(**dict(config.predict, hold_unmeasured=False))
+    guards = PredictGuards(**dict(guard_settings(config), hold_unmeasured=False))
     prediction = predict([s.mixture for s in result.sweeps], target_tokens=config.target_tokens,
                          steps=config.steps, guards=guards)
     return dict(prediction.weights)
@@ -147,27 +149,34 @@ def _train_config(config, weights: Dict[str, float], target_tokens: float, seed:
     return TrainConfig(**settings), seq_len * batch
 
 
-def train_arm(config, arm: str, weights, target_tokens: float, seeds: List[int], out: Path,
-              evals: int) -> List[dict]:
-    """The result rows of one arm, one per seed (in ``seeds`` order); finished runs with the
-    same config are reused."""
-    from autoscale_ds.train.trainer import Trainer
+def train_arms(config, weights: Dict[str, Dict[str, float]], target_tokens: float,
+               seeds: List[int], out: Path, evals: int) -> Dict[str, List[dict]]:
+    """The result rows of every arm, one per seed (in ``seeds`` order). Finished runs with
+    the same config are reused; the missing ones run on the pipeline's executor (e.g. two
+    local workers side by side), so the benchmark is as parallel as the proxies were."""
+    from autoscale_ds.orchestrate.executors import make_executor
+    from autoscale_ds.orchestrate.sweep import ProxyRun
 
-    rows = []
-    for seed in seeds:
-        run_dir = out / run_name(arm, seed)
-        train_config, _ = _train_config(config, weights, target_tokens, seed, run_dir, evals)
-        row = _finished(run_dir, train_config.fingerprint())
-        if row is None:
-            logger.info("arm %s seed %d: training %s tokens", arm, seed,
-                        f"{sum(train_config.tokens_per_domain.values()):,}")
-            started = time.monotonic()
-            row = Trainer(train_config).run()
-            logger.info("arm %s seed %d: %s in %.0f s", arm, seed, row["status"], time.monotonic() - started)
-        if row["status"] != "ok":
-            raise SystemExit(f"arm {arm} seed {seed} failed: {row.get('reason')}; see {run_dir}")
-        rows.append(row)
-    return rows
+    runs = {(arm, seed): ProxyRun(run_name(arm, seed), _train_config(
+        config, w, target_tokens, seed, out / run_name(arm, seed), evals)[0])
+        for arm, w in weights.items() for seed in seeds}
+    missing = [run for run in runs.values()
+               if _finished(run.output_dir, run.config.fingerprint()) is None]
+    if missing:
+        logger.info("training %d arm runs of %s tokens (%d reused)", len(missing),
+                    f"{target_tokens:,.0f}", len(runs) - len(missing))
+        started = time.monotonic()
+        make_executor(config.executor).execute(missing, lambda run, row: logger.info(
+            "%s: %s (%.0f s since start)", run.run_id, row["status"], time.monotonic() - started))
+    return {arm: [_arm_row(runs[arm, seed]) for seed in seeds] for arm in weights}
+
+
+def _arm_row(run) -> dict:
+    row = _finished(run.output_dir, run.config.fingerprint())
+    if row is None:
+        raise SystemExit(f"arm run {run.run_id} did not finish ok; see {run.output_dir} "
+                         "(result.json / train.log)")
+    return row
 
 
 def run_name(arm: str, seed: int) -> str:
@@ -421,8 +430,7 @@ def main() -> int:
     config = pipeline_config(args, out)
     seeds = list(range(args.seeds or (2 if args.quick else 3)))
     weights, target_tokens = arm_weights(config, args.direct_ddo)
-    rows = {arm: train_arm(config, arm, w, target_tokens, seeds, out, args.evals)
-            for arm, w in weights.items()}
+    rows = train_arms(config, weights, target_tokens, seeds, out, args.evals)
     from autoscale_ds.atomic import atomic_write_json
     from autoscale_ds.data.manifest import load_manifest
     from autoscale_ds.errors import InputError

@@ -1,5 +1,8 @@
 """Shared fixtures: a real multi-domain corpus, tokenised once per test session."""
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 
 from autoscale_ds.data.stdlib_corpus import build_stdlib_corpus
@@ -21,3 +24,12 @@ def prepared(tmp_path_factory, raw_corpus):
     out = tmp_path_factory.mktemp("prepared")
     return prepare(PrepareConfig(out_dir=str(out), domains=raw_corpus, train_vocab_size=1000,
                                  valid_fraction=0.1, seed=0, progress=False))
+
+
+def load_bench_module(name: str):
+    """A script of bench/ (not a package) imported as a module, e.g. ``load_bench_module("quality")``."""
+    path = Path(__file__).resolve().parent.parent / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,6 +1,5 @@
 """bench/noise.py: its figures by hand on made-up rows, and end to end at a tiny size."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,15 +13,13 @@ import yaml
 from autoscale_ds.curves import (eval_time_share, halves_spread, halves_summary,
                                  max_weight_difference, row_objective, seed_spread)
 from autoscale_ds.errors import InputError
+from conftest import load_bench_module
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _load_noise():
-    spec = importlib.util.spec_from_file_location("bench_noise", ROOT / "bench" / "noise.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_module("noise")
 
 
 # ---------------------------------------------------------------- pure figures

@@ -2,7 +2,6 @@
 set, noise) by hand on made-up rows, and end to end at a tiny size: every arm trains over
 seeds, the figures and the plot are written, and a rerun reuses the finished runs."""
 
-import importlib.util
 import json
 import math
 import os
@@ -17,16 +16,14 @@ import yaml
 from autoscale_ds.curves import (max_epochs, paired_difference, repeated_domains, run_epochs,
                                  shared_eval_fingerprint)
 from autoscale_ds.errors import InputError
+from conftest import load_bench_module
 
 ROOT = Path(__file__).resolve().parent.parent
 T_95_2DF = 2.919986  # Student t, 95th percentile, 2 degrees of freedom (printed tables)
 
 
 def _load_quality():
-    spec = importlib.util.spec_from_file_location("bench_quality", ROOT / "bench" / "quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_module("quality")
 
 
 # ---------------------------------------------------------------- pure figures

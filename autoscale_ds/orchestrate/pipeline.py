@@ -112,7 +112,7 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
 def _predict(config: PipelineConfig, sweeps):
     from ..predict import PredictGuards, predict, prediction_to_mixture
 
-    guards = PredictGuards(**_guard_settings(config))
+    guards = PredictGuards(**guard_settings(config))
     prediction = predict([s.mixture for s in sweeps], target_tokens=config.target_tokens,
                          steps=config.steps, guards=guards)
     inputs = [{"path": str(s.mixture_path.relative_to(config.output_dir)),
@@ -120,7 +120,7 @@ def _predict(config: PipelineConfig, sweeps):
     return prediction, prediction_to_mixture(prediction, inputs, guards)
 
 
-def _guard_settings(config: PipelineConfig) -> Dict[str, Any]:
+def guard_settings(config: PipelineConfig) -> Dict[str, Any]:
     """The ``predict:`` section, with ``max_epochs`` turned into per-domain ceilings: the
     share of the target each domain can fill from its training tokens."""
     settings = dict(config.predict)
