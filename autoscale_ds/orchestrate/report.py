@@ -76,7 +76,8 @@ def plot_loss_curves(sweeps, path: Path) -> Path:
                           label=f"{domain} @{human_tokens(sweep.mixture.total_tokens)}")
     axis.set_xlabel("training tokens")
     axis.set_ylabel("validation loss (nats/token)")
-    axis.legend(fontsize=6, ncol=2)
+    if axis.get_legend_handles_labels()[0]:  # runs without evals draw nothing to label
+        axis.legend(fontsize=6, ncol=2)
     return save_figure(figure, path)
 
 
