@@ -151,3 +151,32 @@ def test_capped_simplex_projection_keeps_ratios_of_free_domains():
     assert projected.sum() == pytest.approx(1.0)
     assert projected[2] == pytest.approx(0.3)
     assert projected[0] / projected[1] == pytest.approx(3.5)
+
+
+def test_ceiling_caps_a_growing_domain_and_is_named():
+    raw = predict([SMALL, LARGE], target_tokens=1e8)
+    top = max(raw.weights, key=raw.weights.get)
+    ceiling = raw.weights[top] * 0.8
+    guarded = predict([SMALL, LARGE], target_tokens=1e8,
+                      guards=PredictGuards(ceiling={top: ceiling}))
+    assert guarded.weights[top] == pytest.approx(ceiling)
+    assert guarded.report[top].guard == "ceiling"
+    assert sum(guarded.weights.values()) == pytest.approx(1.0, abs=1e-12)
+    with pytest.raises(InputError, match="ceiling"):
+        PredictGuards(ceiling={"web": 0.0})
+
+
+def test_pipeline_max_epochs_becomes_ceilings_from_the_manifest(prepared, tmp_path):
+    from autoscale_ds.orchestrate.pipeline import PipelineConfig, guard_settings
+
+    config = PipelineConfig(manifest=str(prepared.root / "manifest.yaml"),
+                            output_dir=str(tmp_path), budgets=[1000, 2000],
+                            target_tokens=1e6, predict={"max_epochs": 1, "floor": {"*": 0.01}})
+    settings = guard_settings(config)
+    assert settings["floor"] == {"*": 0.01} and "max_epochs" not in settings
+    for domain, entry in prepared.domains.items():
+        assert settings["ceiling"][domain] == pytest.approx(
+            min(1.0, 0.99 * entry.train.tokens / 1e6))
+    with pytest.raises(InputError, match="needs target_tokens"):
+        guard_settings(PipelineConfig(manifest=config.manifest, output_dir=str(tmp_path),
+                                      budgets=[1000, 2000], steps=1, predict={"max_epochs": 1}))
