@@ -16,6 +16,7 @@ import numpy as np
 from scipy import stats
 
 from .errors import InputError
+from .formats import group_by_eval_set, row_eval_fingerprint
 
 MAX_FRESH_EPOCHS = 1.0
 """A domain read more than once is a repetition experiment, not a mixture comparison."""
@@ -234,10 +235,7 @@ def shared_eval_fingerprint(rows: Mapping[str, dict]) -> Optional[str]:
     when only some rows record one: those were measured on an eval set that cannot be shown
     to be the same (older code re-drew it per seed).
     """
-    groups: Dict[Optional[str], List[str]] = {}
-    for name, row in rows.items():
-        fingerprint = (row.get("eval_set") or {}).get("fingerprint") or None
-        groups.setdefault(fingerprint, []).append(name)
+    groups = group_by_eval_set((name, row_eval_fingerprint(row)) for name, row in rows.items())
     if len(groups) <= 1:
         return next(iter(groups), None)
     summary = "; ".join(f"{_short(fp)}: {', '.join(names)}" for fp, names in groups.items())

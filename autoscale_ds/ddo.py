@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import InputError
 from .fit import ResponseFit, fit_response
-from .formats import METRICS, Mixture, RunsFile
+from .formats import METRICS, Mixture, RunsFile, group_by_eval_set
 from .solve import Solution, solve_ddo
 
 logger = logging.getLogger(__name__)
@@ -159,9 +159,7 @@ def check_eval_sets(ok_runs, allow_mixed: bool, source: str = "<runs>") -> dict:
     by the mixture, which can exceed a perturbation's effect. Rows without a record count as
     one more eval set, unless no row has one (hand-written runs files).
     """
-    groups: Dict[Optional[str], List[str]] = {}
-    for run in ok_runs:
-        groups.setdefault(run.eval_fingerprint, []).append(run.id)
+    groups = group_by_eval_set((run.id, run.eval_fingerprint) for run in ok_runs)
     if len(groups) == 1:
         return _single_eval_set(ok_runs[0])
     summary = "; ".join(f"{_some_ids(ids)} on {short_fingerprint(fp)}" for fp, ids in groups.items())

@@ -42,9 +42,7 @@ class Run:
     @property
     def eval_fingerprint(self) -> Optional[str]:
         """Fingerprint of the eval set this run was measured on, when the row records one."""
-        eval_set = self.extra.get("eval_set")
-        fingerprint = eval_set.get("fingerprint") if isinstance(eval_set, dict) else None
-        return fingerprint if isinstance(fingerprint, str) and fingerprint else None
+        return row_eval_fingerprint(self.extra)
 
     def to_dict(self) -> dict:
         row = {"id": self.id, "train_tokens": dict(self.train_tokens), "eval": dict(self.eval),
@@ -303,3 +301,19 @@ def _number_map(value: Any, where: str, minimum: float) -> Dict[str, float]:
             raise InputError(f"{where}: domain names must be non-empty")
         result[key] = _number(number, f"{where}[{key!r}]", minimum)
     return result
+
+
+def row_eval_fingerprint(row) -> Optional[str]:
+    """The eval-set fingerprint a runs-file row records, or None."""
+    eval_set = row.get("eval_set")
+    fingerprint = eval_set.get("fingerprint") if isinstance(eval_set, dict) else None
+    return fingerprint if isinstance(fingerprint, str) and fingerprint else None
+
+
+def group_by_eval_set(named_fingerprints) -> Dict[Optional[str], List[str]]:
+    """``{fingerprint or None: [names]}`` from ``(name, fingerprint)`` pairs, in first-seen
+    order: one group means every run was measured on one eval set (or none records one)."""
+    groups: Dict[Optional[str], List[str]] = {}
+    for name, fingerprint in named_fingerprints:
+        groups.setdefault(fingerprint, []).append(name)
+    return groups
