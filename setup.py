@@ -22,6 +22,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["autoscale_ds", "autoscale_ds.*"]),
+    # The SLURM job templates are read with importlib.resources: they must be in the wheel.
+    package_data={"autoscale_ds.orchestrate": ["templates/*.sbatch"]},
     # The core (math, file formats, exporters, CLI) needs no torch: users run it on a laptop
     # with numbers from their cluster. Training pieces bring torch through their own extras.
     install_requires=[
@@ -34,6 +36,8 @@ setup(
     extras_require={
         # `autoscale prepare`: train/load tokenizers, read Parquet/Arrow/datasets sources.
         "data": ["sentencepiece>=0.2", "tokenizers>=0.15", "pyarrow>=12"],
+        # `autoscale prepare` on `datasets.save_to_disk` directories (Dataset / DatasetDict).
+        "hf": ["datasets>=2.14"],
         # Proxy and target training: DeepSpeed engine, transformers models, TensorBoard logs.
         "train": ["deepspeed>=0.14", "transformers>=4.40", "tensorboard>=2.10"],
         "gpu": ["triton>=3.0"],
@@ -41,7 +45,7 @@ setup(
         "dev": [
             "pytest>=7.0", "hypothesis>=6.0", "megatron-core>=0.9",
             "sentencepiece>=0.2", "tokenizers>=0.15", "pyarrow>=12",
-            # Only to write real `datasets.save_to_disk` directories in the tests.
+            # The `hf` extra: read (and, in the tests, write) `datasets.save_to_disk` dirs.
             "datasets>=2.14",
             "deepspeed>=0.14", "transformers>=4.40", "tensorboard>=2.10",
             # The fused kernel is tested on CPU through the Triton interpreter.

@@ -1,6 +1,6 @@
 """Proxy runs as one SLURM job array, and the multi-node pretraining job script.
 
-``SlurmExecutor`` renders ``launchers/slurm/proxy_array.sbatch`` into
+``SlurmExecutor`` renders the packaged ``templates/proxy_array.sbatch`` into
 ``<sweep>/slurm/proxy_array_<n>.sbatch`` (array task i trains line i of ``runs_<n>.txt``),
 submits it with ``sbatch --parsable`` and polls ``squeue``, recording each run as its task
 ends: its own ``result.json`` if it wrote one, else a failure row with the task's state, exit
@@ -14,6 +14,7 @@ that finished meanwhile were recorded from their result.json by the runner. Ctrl
 SIGTERM cancels the arrays (``scancel``) before the orchestrator exits.
 """
 
+import importlib.resources
 import json
 import logging
 import os
@@ -37,8 +38,16 @@ from .sweep import ProxyRun
 
 logger = logging.getLogger(__name__)
 
-REPO_DIR = Path(__file__).resolve().parents[2]
-TEMPLATE_DIR = REPO_DIR / "launchers" / "slurm"
+# The directory that holds the autoscale_ds package: a source checkout, site-packages, or a
+# `pip install --target` directory.
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]
+# The job templates ship inside the package (launchers/slurm/ links to them), so an installed
+# wheel finds them too; read them with importlib.resources, never through the source tree.
+TEMPLATES = "templates"
+# Megatron-LM's legacy default split, which it applies to --data-path only: a blend read from
+# --data-args-path without --split is refused ("split must be provided when blend is not None").
+DEFAULT_SPLIT = "969,30,1"
+_SPLIT = re.compile(r"\d+(\.\d*)?( *, *\d+(\.\d*)?){0,2}")  # 1 to 3 proportions, as --split takes
 ACTIVE_JOB = "active_job"
 # Batch jobs may start with a clean environment (--export=NONE): these travel explicitly.
 PASSED_ENV = ("TORCH_EXTENSIONS_DIR", "TRITON_CACHE_DIR", "HF_HOME", "HF_DATASETS_CACHE",
@@ -66,13 +75,18 @@ class SlurmSettings:
     job_name: str = "autoscale-proxy"
     python: str = sys.executable      # interpreter on the compute nodes
     env: Dict[str, str] = field(default_factory=dict)  # more variables to export to the runs
-    template: str = str(TEMPLATE_DIR / "proxy_array.sbatch")
+    template: Optional[str] = None    # a customised copy; default: the packaged proxy_array.sbatch
 
     def problems(self) -> List[str]:
         throttle = {} if self.max_concurrent is None else {"max_concurrent": 1}
         found = _problems(self, {"gpus_per_run": 0, "cpus_per_run": 1, **throttle})
         if not (isinstance(self.poll_seconds, (int, float)) and self.poll_seconds > 0):
             found.append(f"poll_seconds must be > 0, got {self.poll_seconds!r}")
+        if self.template is not None and not (isinstance(self.template, (str, os.PathLike))
+                                              and os.path.isfile(self.template)
+                                              and os.access(self.template, os.R_OK)):
+            found.append(f"template {self.template!r} is not a readable file; name a customised copy "
+                         "of proxy_array.sbatch, or leave template out to use the packaged one")
         return found
 
 
@@ -140,12 +154,13 @@ class SlurmExecutor:
         log_dir.mkdir(parents=True, exist_ok=True)
         status_dir.mkdir(parents=True, exist_ok=True)
         throttle = f"%{s.max_concurrent}" if s.max_concurrent else ""
-        return render_template(Path(s.template), {
+        return render_template("proxy_array.sbatch", {
             "job_name": s.job_name, "array": f"0-{count - 1}{throttle}", "cpus_per_run": s.cpus_per_run,
             "log_dir": log_dir, "gpus_per_run": s.gpus_per_run,
             "sbatch_options": sbatch_lines(s.partition, s.time, s.gpus_per_run, s.mem, s.extra_sbatch),
             "runs_list": shlex.quote(str(runs_list)), "status_dir": shlex.quote(str(status_dir)),
-            "python": shlex.quote(s.python), "environment": environment_exports(s.python, s.env)})
+            "python": shlex.quote(s.python), "environment": environment_exports(s.python, s.env)},
+            s.template)
 
     def _wait(self, slurm_dir: Path, watch: Dict[Task, ProxyRun], record: Record) -> None:
         ended: Dict[Task, Tuple[float, Optional[str]]] = {}  # ended, result not visible yet
@@ -197,13 +212,23 @@ def _problems(settings, minimums: Dict[str, int]) -> List[str]:
     return found
 
 
-def render_template(path: Path, values: Dict[str, object]) -> str:
-    """Fill ``{{name}}`` placeholders (bash's own ``${...}`` stays untouched)."""
+def template_text(name: str, path=None) -> Tuple[str, str]:
+    """(label for messages, text) of the template file ``path``, or of the packaged ``name``."""
+    if path is None:
+        resource = importlib.resources.files(__package__).joinpath(TEMPLATES, name)
+        return f"packaged template {name}", resource.read_text(encoding="utf-8")
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return str(path), Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise InputError(f"SLURM template {path}: cannot read ({exc}); a package installed "
-                         "without its source tree needs the `template` setting") from None
+        raise InputError(f"SLURM template {path}: cannot read ({exc.strerror or exc}); the "
+                         f"`template` setting names a customised copy of {name}, or leave it "
+                         "out to use the packaged one") from None
+
+
+def render_template(name: str, values: Dict[str, object], path=None) -> str:
+    """Fill the ``{{name}}`` placeholders (bash's own ``${...}`` stays untouched) of the
+    template file ``path``, or of the packaged template ``name``."""
+    path, text = template_text(name, path)
 
     def fill(match):
         if match.group(1) not in values:
@@ -223,8 +248,8 @@ def environment_exports(python: str, extra: Optional[Dict[str, str]] = None) -> 
     paths = [os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     # A source checkout must win over other copies; a site-packages dir must not precede the
     # standard library, so that one is left to the interpreter.
-    if not re.search(r"(site|dist)-packages", str(REPO_DIR)):
-        paths.insert(0, str(REPO_DIR))
+    if not re.search(r"(site|dist)-packages", str(PACKAGE_PARENT)):
+        paths.insert(0, str(PACKAGE_PARENT))
     lines = [f"export PYTHONPATH={shlex.quote(os.pathsep.join(dict.fromkeys(paths)))}"] if paths else []
     # The venv's bin first: DeepSpeed's JIT builds call ninja from PATH.
     lines.append(f'export PATH={shlex.quote(os.path.dirname(python))}"${{PATH:+:$PATH}}"')
@@ -397,7 +422,7 @@ def _cancel_on_interrupt(watch: Dict[Task, ProxyRun], slurm_dir: Path):
 
 @dataclass
 class PretrainJob:
-    """Settings of ``launchers/slurm/pretrain_multinode.sbatch``; its header explains each."""
+    """Settings of the packaged ``pretrain_multinode.sbatch``; its header explains each."""
     mode: str = "megatron"  # megatron or autoscale
     nodes: int = 1
     gpus_per_node: int = 8
@@ -410,9 +435,10 @@ class PretrainJob:
     megatron_dir: str = ""
     megatron_args: str = ""
     data_args_path: str = ""
+    split: str = DEFAULT_SPLIT  # --split for the blend, unless megatron_args gives one
     train_config: str = ""
     mixture: str = ""
-    repo_dir: str = str(REPO_DIR)
+    repo_dir: str = ""  # a checkout put first on PYTHONPATH; default: the package this runs
     python: str = sys.executable
     env: Dict[str, str] = field(default_factory=dict)
     extra_sbatch: List[str] = field(default_factory=list)
@@ -423,22 +449,26 @@ class PretrainJob:
             found.append(f"mode must be megatron or autoscale, got {self.mode!r}")
         needed = ("megatron_dir", "data_args_path") if self.mode == "megatron" else ("train_config",)
         found += [f"mode {self.mode} needs {name}" for name in needed if not getattr(self, name)]
+        if not (isinstance(self.split, str) and _SPLIT.fullmatch(self.split)):
+            found.append(f"split must be 1 to 3 comma-separated proportions like '969,30,1' "
+                         f"(Megatron's --split), got {self.split!r}")
         if re.search(r"\s", str(self.log_dir)):
             found.append(f"log_dir {self.log_dir!r} contains whitespace, which #SBATCH lines cannot carry")
         return found
 
 
 def render_pretrain_script(template: Optional[str] = None, **settings) -> str:
-    """The pretraining job script for ``settings`` (the fields of :class:`PretrainJob`)."""
+    """The pretraining job script for ``settings`` (the fields of :class:`PretrainJob`);
+    ``template``: a customised copy (default: the packaged ``pretrain_multinode.sbatch``)."""
     job = _settings(PretrainJob, settings, "pretrain job")
     quoted = {name: shlex.quote(str(getattr(job, name))) for name in (
-        "mode", "megatron_dir", "megatron_args", "data_args_path", "train_config", "mixture",
-        "repo_dir", "python")}
-    return render_template(Path(template or TEMPLATE_DIR / "pretrain_multinode.sbatch"), {
+        "mode", "megatron_dir", "megatron_args", "data_args_path", "split", "train_config",
+        "mixture", "repo_dir", "python")}
+    return render_template("pretrain_multinode.sbatch", {
         **quoted, "job_name": job.job_name, "nodes": job.nodes, "gpus_per_node": job.gpus_per_node,
         "cpus_per_node": job.cpus_per_node, "log_dir": job.log_dir, "master_port": job.master_port or "",
         "sbatch_options": sbatch_lines(job.partition, job.time, job.gpus_per_node, None, job.extra_sbatch),
-        "environment": environment_exports(job.python, job.env)})
+        "environment": environment_exports(job.python, job.env)}, template)
 
 
 def write_pretrain_script(path, template: Optional[str] = None, **settings) -> Path:
