@@ -11,7 +11,7 @@ import json
 import logging
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -27,6 +27,18 @@ Blend = list[tuple[str, float]]  # (path, weight) pairs, mixture order
 
 
 @dataclass(frozen=True)
+class TrainStats:
+    """Size of one domain's train data, as a domains manifest records it."""
+
+    tokens: int
+    documents: int
+
+    @property
+    def mean_document_tokens(self) -> float:
+        return self.tokens / self.documents
+
+
+@dataclass(frozen=True)
 class DataPaths:
     """Where each domain's data lives: ``by_domain[domain][split] = [(path, share), ...]``.
 
@@ -36,6 +48,11 @@ class DataPaths:
 
     by_domain: dict[str, dict[str, list[Shard]]]
     source: str = "<data paths>"
+    train_stats: Mapping[str, TrainStats] = field(default_factory=dict)
+    """Per domain, from a domains manifest: converts token weights to per-example
+    probabilities (hf) and bounds repetition (olmo-core). Empty for a hand-written map."""
+    megatron_prefixes: bool = False
+    """True when the paths are Megatron indexed-store prefixes (the map is a manifest)."""
 
     def __post_init__(self) -> None:
         _check_data_paths(self)
@@ -107,9 +124,10 @@ def _json_pairs(pairs: list[tuple[str, Any]]) -> dict:
     return dict(pairs)
 
 
-def load_data_paths(path: str | Path) -> DataPaths:
+def load_data_paths(path: str | Path, manifest: str | Path | None = None) -> DataPaths:
     """Read a paths map from ``.json`` (JSON parser) or anything else (YAML, a JSON superset);
-    a domains manifest (``autoscale.domains/v1``) stands for the stores it lists."""
+    a domains manifest (``autoscale.domains/v1``) stands for the stores it lists, with their
+    sizes. ``manifest`` adds a manifest's sizes to a hand-written map."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -123,8 +141,10 @@ def load_data_paths(path: str | Path) -> DataPaths:
     except (ValueError, yaml.YAMLError) as exc:
         raise InputError(f"data-paths file {path} does not parse: {exc}") from exc
     if isinstance(obj, Mapping) and obj.get("schema") == "autoscale.domains/v1":
-        return _manifest_stores(path)
-    return data_paths_from_mapping(obj, source=str(path))
+        paths = _manifest_stores(path)
+    else:
+        paths = data_paths_from_mapping(obj, source=str(path))
+    return with_manifest_stats(paths, manifest) if manifest is not None else paths
 
 
 def _manifest_stores(path: Path) -> DataPaths:
@@ -135,7 +155,27 @@ def _manifest_stores(path: Path) -> DataPaths:
     manifest = load_manifest(path)
     mapping = {d: {"train": str(manifest.prefix(d, "train").resolve()),
                    "valid": str(manifest.prefix(d, "valid").resolve())} for d in manifest.domains}
-    return data_paths_from_mapping(mapping, source=f"{path} stores")
+    paths = data_paths_from_mapping(mapping, source=f"{path} stores")
+    return replace(paths, train_stats=_train_stats(manifest), megatron_prefixes=True)
+
+
+def with_manifest_stats(paths: DataPaths, manifest_path: str | Path) -> DataPaths:
+    """``paths`` with the train sizes of a domains manifest (for a hand-written map whose
+    domains hold the same documents as the prepared ones)."""
+    from .data.manifest import load_manifest
+
+    stats = _train_stats(load_manifest(manifest_path))
+    missing = [d for d in paths.domains if d not in stats]
+    if missing:
+        log.warning("domains manifest %s lacks domain(s) %s of data-paths file %s; their sizes "
+                    "are unknown", manifest_path, ", ".join(missing), paths.source)
+    return replace(paths, train_stats={d: stats[d] for d in paths.domains if d in stats})
+
+
+def _train_stats(manifest) -> dict[str, TrainStats]:
+    # A domain with no documents has no mean length; it is left unknown, not divided by 0.
+    return {d: TrainStats(e.train.tokens, e.train.documents) for d, e in manifest.domains.items()
+            if e.train.documents > 0 and e.train.tokens > 0}
 
 
 def data_paths_from_mapping(obj: Any, source: str = "<data paths>") -> DataPaths:
@@ -201,6 +241,8 @@ def _check_path(path: Any, where: str) -> str:
         raise InputError(f"{where}: path {path!r} must be a string, got {type(path).__name__}")
     if not path.strip():
         raise InputError(f"{where}: a path is empty")
+    if "\0" in path:  # no file system or command line can carry it
+        raise InputError(f"{where}: path {path!r} contains a NUL character")
     if path != path.strip():
         raise InputError(f"{where}: path {path!r} has leading or trailing whitespace")
     return path

@@ -5,6 +5,11 @@ paths map (``DataPaths``) bridges the two: per domain and split, an ordered list
 ``(path, share)`` whose shares sum to 1, so each path gets ``domain weight * share``.
 ``parse_export`` inverts every exporter so a config can be checked against a mixture.
 Floats are written with ``repr`` so a weight read back is bit-for-bit the one written.
+
+Every Megatron-family output is safe for its documented use, or refused naming the domain
+and path: ``megatron`` (pasted, or ``$(cat FILE)`` unquoted) only takes paths no shell
+interprets; ``megatron-data-args`` (read with ``split()``) no whitespace; ``megatron-deepspeed``
+is a bash array to ``source``, every path quoted; command lines take no path starting with '-'.
 """
 
 
@@ -13,19 +18,20 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import shlex
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import yaml
 
 from autoscale_ds.datapaths import (SPLITS, Blend, DataPaths, _check_path, _is_number,
-                                    data_paths_from_mapping, load_data_paths)
+                                    data_paths_from_mapping, load_data_paths, with_manifest_stats)
 from autoscale_ds.errors import InputError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FORMATS", "DataPaths", "data_paths_from_mapping", "export_mixture",
-           "load_data_paths", "parse_export"]
+__all__ = ["DEPRECATED_FORMATS", "FORMATS", "DataPaths", "data_paths_from_mapping",
+           "epoch_cap", "export_mixture", "load_data_paths", "parse_export", "with_manifest_stats"]
 
 
 # ----------------------------------------------------------------------------- exporting
@@ -94,10 +100,44 @@ def _train_only(weights: Mapping[str, float], paths: DataPaths, fmt: str) -> Ble
     return _blend(weights, paths)
 
 
-def _no_whitespace(blend: Blend, fmt: str) -> Blend:
+# What each Megatron-family output can carry. A prefix is refused, naming its domain, when
+# the documented way of use would not hand Megatron exactly that string.
+_SHELL_INERT = re.compile(r"[\w@%+=:,./-]*")  # no quoting needed in sh/bash (\w: any script)
+
+
+def _refuse(fmt: str, path: str, paths: DataPaths, why: str, instead: str) -> None:
+    domain = paths.domain_of_path()[path]
+    raise InputError(f"{fmt}: path {path!r} of domain {domain!r} (data-paths file {paths.source}) "
+                     f"{why}; {instead}")
+
+
+def _no_whitespace(blend: Blend, paths: DataPaths, fmt: str) -> Blend:
+    # Megatron-LM reads --data-args-path as f.read().split(): whitespace splits a prefix.
     for path, _ in blend:
         if any(c.isspace() for c in path):
-            raise InputError(f"{fmt}: path {path!r} contains whitespace, but Megatron splits on it")
+            _refuse(fmt, path, paths, "contains whitespace, which Megatron splits prefixes on",
+                    "rename it, or use --format megatron-per-split (JSON lists keep it)")
+    return blend
+
+
+def _no_leading_dash(blend: Blend, paths: DataPaths, fmt: str) -> Blend:
+    # argparse takes a value that starts with '-' for an option (or an abbreviation of one).
+    for path, _ in blend:
+        if path.startswith("-"):
+            _refuse(fmt, path, paths, "starts with '-', so Megatron's argparse would read it as an "
+                    "option", "write it as ./" + path + " or use --format megatron-data-args")
+    return blend
+
+
+def _shell_inert(blend: Blend, paths: DataPaths, fmt: str) -> Blend:
+    # The `megatron` line is pasted or spliced unquoted ($(cat FILE)): any character the shell
+    # interprets ($ ` ' " \\ ; & | < > ( ) * ? [ ~ # ! { } whitespace ...) would change the argv.
+    for path, _ in _no_leading_dash(blend, paths, fmt):
+        if not _SHELL_INERT.fullmatch(path):
+            bad = next(c for c in path if not _SHELL_INERT.fullmatch(c))
+            _refuse(fmt, path, paths, f"contains {bad!r}, which a shell interprets on a command line",
+                    "use --format megatron-data-args (a file Megatron reads itself) or "
+                    "megatron-deepspeed (a bash array with every path quoted)")
     return blend
 
 
@@ -106,50 +146,90 @@ def _flat(blend: Blend) -> list[str]:
 
 
 def _yaml(comment: str, obj: Any) -> str:
+    lines = "".join(f"# {line}\n" for line in comment.splitlines())
     body = yaml.safe_dump(obj, sort_keys=False, default_flow_style=False, allow_unicode=True)
-    return f"# {comment}\n{body}"
+    return lines + body
 
 
 def _json(obj: Any) -> str:
     return json.dumps(obj, indent=2, allow_nan=False) + "\n"
 
 
-def _export_megatron(w: Mapping[str, float], p: DataPaths) -> str:
-    # Megatron-LM --data-path (megatron.core.datasets.utils.get_blend_from_list).
-    return " ".join(_flat(_no_whitespace(_train_only(w, p, "megatron"), "megatron"))) + "\n"
+class Options(NamedTuple):
+    """What an exporter needs besides the weights and the paths map."""
+
+    seed: int = 0
+    """Sampling seed written where the target takes one (hf, litdata)."""
+    epoch_cap: dict[str, float] = {}
+    """Per domain, passes over its train data the mixture allows (olmo-core)."""
+    epoch_cap_source: str = ""
+    """Where ``epoch_cap`` comes from, written into the output."""
+    total_tokens: float | None = None
+    """The mixture's token budget, to check ``epoch_cap`` against the data (olmo-core)."""
 
 
-def _export_megatron_data_args(w: Mapping[str, float], p: DataPaths) -> str:
+def _export_megatron(w: Mapping[str, float], p: DataPaths, o: Options) -> str:
+    # Megatron-LM --data-path (megatron.core.datasets.utils.get_blend_from_list), pasted or
+    # spliced unquoted: every token must reach argv unchanged.
+    return " ".join(_flat(_shell_inert(_train_only(w, p, "megatron"), p, "megatron"))) + "\n"
+
+
+def _export_megatron_data_args(w: Mapping[str, float], p: DataPaths, o: Options) -> str:
     # Megatron-LM --data-args-path: read as f.read().split(), so no comments are possible.
-    blend = _no_whitespace(_train_only(w, p, "megatron-data-args"), "megatron-data-args")
+    blend = _no_whitespace(_train_only(w, p, "megatron-data-args"), p, "megatron-data-args")
     return "".join(f"{_num(weight)} {path}\n" for path, weight in blend)
 
 
-def _export_megatron_per_split(w: Mapping[str, float], p: DataPaths) -> str:
+def _export_megatron_per_split(w: Mapping[str, float], p: DataPaths, o: Options) -> str:
     # Megatron-LM --per-split-data-args-path: all three keys are read; null means "no such
-    # split" (get_blend_from_list(None) -> None), whereas an empty list crashes it.
+    # split" (get_blend_from_list(None) -> None), whereas an empty list crashes it. Lists are
+    # used as they are (only a string is split), so any prefix survives.
     blends = _split_blends(w, p, "megatron-per-split")
     return _json({s: _flat(blends[s]) if s in blends else None for s in SPLITS})
 
 
-def _export_megatron_deepspeed(w: Mapping[str, float], p: DataPaths) -> str:
-    # Megatron-DeepSpeed --data-path (or --{train,valid,test}-data-path), nargs='*' pairs.
+DEEPSPEED_ARRAY = "DATA_ARGS"
+
+
+def _export_megatron_deepspeed(w: Mapping[str, float], p: DataPaths, o: Options) -> str:
+    # Megatron-DeepSpeed --data-path (or --{train,valid,test}-data-path), nargs='*' pairs,
+    # as a bash array: `source` the file, pass "${DATA_ARGS[@]}". Each element is quoted
+    # (shlex.quote: single quotes, inside which bash expands nothing), so any path except
+    # one argparse takes for an option reaches argv as it is.
     blends = _split_blends(w, p, "megatron-deepspeed")
-    if not (p.has_split("valid") or p.has_split("test")):  # one blend, cut up by --split
-        return " ".join(["--data-path", *map(shlex.quote, _flat(blends["train"]))]) + "\n"
-    parts = [tok for s, b in blends.items() for tok in (f"--{s}-data-path", *map(shlex.quote, _flat(b)))]
-    return " ".join(parts) + "\n"
+    for blend in blends.values():
+        _no_leading_dash(blend, p, "megatron-deepspeed")
+    if p.has_split("valid") or p.has_split("test"):
+        groups = [(f"--{s}-data-path", b) for s, b in blends.items()]
+    else:  # one blend, cut up by --split
+        groups = [("--data-path", blends["train"])]
+    lines = [f"  {flag}" + "".join(f"\n    {_num(wt)} {shlex.quote(path)}" for path, wt in b)
+             for flag, b in groups]
+    return (f"# Megatron-DeepSpeed data arguments. Use: source THIS_FILE; "
+            f'pretrain_gpt.py ... "${{{DEEPSPEED_ARRAY}[@]}}"\n'
+            f"{DEEPSPEED_ARRAY}=(\n" + "\n".join(lines) + "\n)\n")
 
 
-def _export_gpt_neox(w: Mapping[str, float], p: DataPaths) -> str:
+def _neox_fill(blends: dict[str, Blend]) -> list[str]:
+    """GPT-NeoX requires all three splits. A missing test split reuses valid (held-out data
+    measures held-out loss); a missing valid reuses test, else train. Returns the notes."""
+    notes = []
+    for split, donors in (("valid", ("test", "train")), ("test", ("valid", "train"))):
+        if split not in blends:
+            donor = next(d for d in donors if d in blends)
+            log.warning("gpt-neox needs %s-data-paths; the paths map has none, so it reuses the "
+                        "%s paths", split, donor)
+            notes.append(f"{split} reuses the {donor} paths (the paths map gives no {split} paths)")
+            blends[split] = blends[donor]
+    return notes
+
+
+def _export_gpt_neox(w: Mapping[str, float], p: DataPaths, o: Options) -> str:
     # GPT-NeoX neox_args train/valid/test-data-paths + -data-weights (all three required).
     blends = _split_blends(w, p, "gpt-neox")
-    note = "GPT-NeoX data config (neox_args: {train,valid,test}-data-paths / -data-weights)"
-    for split in ("valid", "test"):
-        if split not in blends:
-            log.warning("gpt-neox needs %s-data-paths; reusing the train paths for it", split)
-            note += f"; {split} reuses the train paths (the paths map gives no {split} paths)"
-            blends[split] = blends["train"]
+    notes = _neox_fill(blends)
+    note = "; ".join(["GPT-NeoX data config (neox_args: {train,valid,test}-data-paths / -data-weights)",
+                      *notes])
     obj: dict[str, list] = {}
     for split in SPLITS:
         obj[f"{split}-data-paths"] = [path for path, _ in blends[split]]
@@ -157,16 +237,41 @@ def _export_gpt_neox(w: Mapping[str, float], p: DataPaths) -> str:
     return _yaml(note, obj)
 
 
-def _export_hf(w: Mapping[str, float], p: DataPaths) -> str:
-    # datasets.interleave_datasets(datasets, probabilities=..., stopping_strategy=...).
+def _mean_document_tokens(blend: Blend, p: DataPaths) -> list[float] | None:
+    """Mean document length of each path's domain, or None unless every one is known."""
+    owner = p.domain_of_path()
+    stats = [p.train_stats.get(owner[path]) for path, _ in blend]
+    return None if any(s is None for s in stats) else [s.mean_document_tokens for s in stats]
+
+
+def _export_hf(w: Mapping[str, float], p: DataPaths, o: Options) -> str:
+    # datasets.interleave_datasets(datasets, probabilities, seed, stopping_strategy) draws one
+    # *example* at a time, while our weights are token fractions: a domain of long documents
+    # would get more tokens than its weight. probability ~ weight / mean document tokens.
     blend = _train_only(w, p, "hf")
-    total = math.fsum(weight for _, weight in blend)
-    return _json({"datasets": [path for path, _ in blend],
-                  "probabilities": [weight / total for _, weight in blend],
-                  "stopping_strategy": "first_exhausted"})
+    lengths = _mean_document_tokens(blend, p)
+    if lengths is None:
+        log.warning("hf: document lengths of %s are unknown, so the probabilities are the token "
+                    "weights themselves; a domain's token share will follow its mean document "
+                    "length. Give a domains manifest (as the paths map, or load_data_paths(..., "
+                    "manifest=...)) to convert.", p.source)
+        per_example = [weight for _, weight in blend]
+        what = ("token weights, unconverted: document lengths unknown (no domains manifest), "
+                "so each domain's token share scales with its mean document length")
+    else:
+        per_example = [weight / length for (_, weight), length in zip(blend, lengths)]
+        what = ("per example: token weight / mean document tokens (mean_document_tokens, from "
+                f"domains manifest {p.source}), renormalised")
+    total = math.fsum(per_example)
+    obj = {"datasets": [path for path, _ in blend],
+           "probabilities": [x / total for x in per_example],
+           "seed": o.seed, "stopping_strategy": "first_exhausted", "probabilities_are": what}
+    if lengths is not None:
+        obj["mean_document_tokens"] = lengths
+    return _json(obj)
 
 
-def _export_mosaicml(w: Mapping[str, float], p: DataPaths) -> str:
+def _export_mosaicml(w: Mapping[str, float], p: DataPaths, o: Options) -> str:
     # MosaicML streaming.Stream(remote|local, proportion); llm-foundry dataset.streams.
     blend, owner = _train_only(w, p, "mosaicml"), p.domain_of_path()
     streams: dict[str, dict[str, Any]] = {}
@@ -181,14 +286,17 @@ def _export_mosaicml(w: Mapping[str, float], p: DataPaths) -> str:
                  "llm-foundry: paste under train_loader.dataset", {"streams": streams})
 
 
-def _export_litgpt(w: Mapping[str, float], p: DataPaths) -> str:
-    # litdata.CombinedStreamingDataset(datasets=[StreamingDataset(input_dir=...)], weights=...).
-    blend = _train_only(w, p, "litgpt")
+def _export_litdata(w: Mapping[str, float], p: DataPaths, o: Options) -> str:
+    # litdata.CombinedStreamingDataset(datasets=[StreamingDataset(input_dir=...)], seed=...,
+    # weights=..., iterate_over_all=False). Its weights are per item: with litdata's
+    # TokensLoader (as litgpt pretrains) an item is a fixed-size token block, so token weights.
+    blend = _train_only(w, p, "litdata")
     return _json({"datasets": [{"input_dir": path} for path, _ in blend],
-                  "weights": [weight for _, weight in blend], "iterate_over_all": False})
+                  "weights": [weight for _, weight in blend], "seed": o.seed,
+                  "iterate_over_all": False})
 
 
-def _export_nanotron(w: Mapping[str, float], p: DataPaths) -> str:
+def _export_nanotron(w: Mapping[str, float], p: DataPaths, o: Options) -> str:
     # nanotron NanosetDatasetsArgs(dataset_folder=[...], dataset_weights=[...]); the older
     # {folder: weight} form is rejected by current nanotron's strict config loading.
     blend = _train_only(w, p, "nanotron")
@@ -197,14 +305,33 @@ def _export_nanotron(w: Mapping[str, float], p: DataPaths) -> str:
     return _yaml("nanotron NanosetDatasetsArgs; paste under data_stages[*].data", body)
 
 
-def _export_olmo_core(w: Mapping[str, float], p: DataPaths) -> str:
+def _olmo_source(domain: str, weight: float, p: DataPaths, o: Options) -> dict[str, Any]:
+    # OLMo-core takes at most available * max_source_fraction * max_repetition_ratio tokens of a
+    # source (the ratio must be >= 1, the fraction in (0, 1]): an epoch cap E is ratio E when
+    # E >= 1, fraction E when E < 1. No cap known: 1.0, OLMo-core's default (no repetition).
+    cap = o.epoch_cap.get(domain, 1.0)
+    source = {"source_name": domain, "target_ratio": weight, "paths": [path for path, _ in p.shards(domain)],
+              "max_repetition_ratio": max(1.0, cap)}
+    if cap < 1.0:
+        source["max_source_fraction"] = cap
+    stats = p.train_stats.get(domain)
+    if stats is not None and o.total_tokens is not None and weight * o.total_tokens > cap * stats.tokens:
+        log.warning("olmo-core: domain %r needs %.3g passes over its %d train tokens at %.4g tokens, "
+                    "more than the %g allowed (%s); OLMo-core will refuse it (Insufficient tokens)",
+                    domain, weight * o.total_tokens / stats.tokens, stats.tokens, o.total_tokens, cap,
+                    o.epoch_cap_source or "no epoch cap known")
+    return source
+
+
+def _export_olmo_core(w: Mapping[str, float], p: DataPaths, o: Options) -> str:
     # OLMo-core SourceMixtureList.from_yaml -> SourceMixtureDatasetConfig(source_list=...).
     # OLMo-core draws a source's tokens from its paths by token count, so shares are not written.
     _train_only(w, p, "olmo-core")
-    sources = [{"source_name": d, "target_ratio": weight, "paths": [path for path, _ in p.shards(d)]}
-               for d, weight in w.items() if weight > 0]
-    return _yaml("OLMo-core SourceMixtureList (SourceMixtureConfig: source_name, target_ratio, paths; "
-                 "optional max_repetition_ratio)", {"sources": sources})
+    sources = [_olmo_source(d, weight, p, o) for d, weight in w.items() if weight > 0]
+    cap = o.epoch_cap_source or ("no epoch cap in the mixture: 1.0, OLMo-core's default "
+                                 "(each source read at most once)")
+    return _yaml("OLMo-core SourceMixtureList (SourceMixtureConfig: source_name, target_ratio, paths, "
+                 f"max_repetition_ratio)\nmax_repetition_ratio: {cap}", {"sources": sources})
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -271,15 +398,34 @@ def _parse_megatron_per_split(text: str, p: DataPaths) -> dict[str, Blend]:
     return out
 
 
-def _parse_megatron_deepspeed(text: str, p: DataPaths) -> dict[str, Blend]:
+def _split_shell(text: str) -> list[str]:
     try:
-        tokens = shlex.split(text.replace("\\\n", " "))
+        return shlex.split(text)
     except ValueError as exc:
         raise InputError(f"megatron-deepspeed export does not parse as a shell line: {exc}") from exc
+
+
+def _shell_words(text: str) -> list[str]:
+    """The words of a shell command line, or of our bash array file (``NAME=(`` ... ``)``).
+    Only leading comment lines are dropped: shlex would also cut a word at a '#' inside it."""
+    lines = text.splitlines(keepends=True)
+    while lines and (not lines[0].strip() or lines[0].lstrip().startswith("#")):
+        lines.pop(0)
+    body = "".join(lines)
+    words = _split_shell(body)
+    if words and re.fullmatch(r"[A-Za-z_]\w*=\(", words[0]):
+        if words[-1] != ")":
+            raise InputError(f"megatron-deepspeed export: the array {words[0]} is not closed by ')'")
+        return words[1:-1]
+    # A pasted command line may be continued with backslash-newline (never inside our array).
+    return _split_shell(body.replace("\\\n", " "))
+
+
+def _parse_megatron_deepspeed(text: str, p: DataPaths) -> dict[str, Blend]:
     flags = {"--data-path": "data", **{f"--{s}-data-path": s for s in SPLITS}}
     lists: dict[str, list[str]] = {}
     current = None
-    for tok in tokens:
+    for tok in _shell_words(text):
         if tok.startswith("--"):  # other flags and their values are skipped
             flag, eq, value = tok.partition("=")
             current = flags.get(flag)
@@ -309,7 +455,18 @@ def _parse_gpt_neox(text: str, p: DataPaths) -> dict[str, Blend]:
 
 def _parse_hf(text: str, p: DataPaths) -> dict[str, Blend]:
     obj = _mapping(text, "hf")
-    return {"train": _zip(_get(obj, ["datasets"], "hf"), _get(obj, ["probabilities"], "hf"), "hf export")}
+    blend = _zip(_get(obj, ["datasets"], "hf"), _get(obj, ["probabilities"], "hf"), "hf export")
+    lengths = obj.get("mean_document_tokens")
+    if lengths is None:  # probabilities are the token weights (or per example, length unknown)
+        return {"train": blend}
+    if not isinstance(lengths, list) or len(lengths) != len(blend):
+        raise InputError(f"hf export: 'mean_document_tokens' must list one length per dataset "
+                         f"({len(blend)})")
+    lengths = [_weight(x, "hf export, mean_document_tokens") for x in lengths]
+    if not all(lengths):
+        raise InputError("hf export: 'mean_document_tokens' must be positive")
+    # Per-example probability back to token weight: times the mean document length.
+    return {"train": [(path, prob * length) for (path, prob), length in zip(blend, lengths)]}
 
 
 def _parse_mosaicml(text: str, p: DataPaths) -> dict[str, Blend]:
@@ -324,12 +481,12 @@ def _parse_mosaicml(text: str, p: DataPaths) -> dict[str, Blend]:
     return {"train": _zip(paths, [s.get("proportion") for s in items], "mosaicml export")}
 
 
-def _parse_litgpt(text: str, p: DataPaths) -> dict[str, Blend]:
-    obj = _mapping(text, "litgpt")
-    datasets = _get(obj, ["datasets"], "litgpt")
+def _parse_litdata(text: str, p: DataPaths) -> dict[str, Blend]:
+    obj = _mapping(text, "litdata")
+    datasets = _get(obj, ["datasets"], "litdata")
     if isinstance(datasets, list):
         datasets = [d.get("input_dir") if isinstance(d, dict) else d for d in datasets]
-    return {"train": _zip(datasets, _get(obj, ["weights"], "litgpt"), "litgpt export")}
+    return {"train": _zip(datasets, _get(obj, ["weights"], "litdata"), "litdata export")}
 
 
 def _parse_nanotron(text: str, p: DataPaths) -> dict[str, Blend]:
@@ -378,40 +535,108 @@ def _known(paths: Sequence[Any], p: DataPaths, fmt: str) -> None:
 class Format(NamedTuple):
     """How to write a mixture in one framework's terms, and how to read it back."""
 
-    export: Callable[[Mapping[str, float], DataPaths], str]
+    export: Callable[[Mapping[str, float], DataPaths, Options], str]
     parse: Callable[[str, DataPaths], dict[str, Blend]]
+    reads_megatron_prefixes: bool = False
 
 
 FORMATS: dict[str, Format] = {
-    "megatron": Format(_export_megatron, _parse_megatron),
-    "megatron-data-args": Format(_export_megatron_data_args, _parse_megatron),
-    "megatron-per-split": Format(_export_megatron_per_split, _parse_megatron_per_split),
-    "megatron-deepspeed": Format(_export_megatron_deepspeed, _parse_megatron_deepspeed),
-    "gpt-neox": Format(_export_gpt_neox, _parse_gpt_neox),
+    "megatron": Format(_export_megatron, _parse_megatron, True),
+    "megatron-data-args": Format(_export_megatron_data_args, _parse_megatron, True),
+    "megatron-per-split": Format(_export_megatron_per_split, _parse_megatron_per_split, True),
+    "megatron-deepspeed": Format(_export_megatron_deepspeed, _parse_megatron_deepspeed, True),
+    "gpt-neox": Format(_export_gpt_neox, _parse_gpt_neox, True),
     "hf": Format(_export_hf, _parse_hf),
     "mosaicml": Format(_export_mosaicml, _parse_mosaicml),
-    "litgpt": Format(_export_litgpt, _parse_litgpt),
+    "litdata": Format(_export_litdata, _parse_litdata),
     "nanotron": Format(_export_nanotron, _parse_nanotron),
     "olmo-core": Format(_export_olmo_core, _parse_olmo_core),
 }
+# Old name -> new name. Kept in FORMATS so that `--format litgpt` (choices=sorted(FORMATS))
+# still works for existing users; exporting or parsing under it warns.
+DEPRECATED_FORMATS = {"litgpt": "litdata"}
+FORMATS.update({old: FORMATS[new] for old, new in DEPRECATED_FORMATS.items()})
 
 
-def _format(fmt: str) -> Format:
+def _format(fmt: str) -> tuple[str, Format]:
+    if fmt in DEPRECATED_FORMATS:
+        log.warning("export format %r is deprecated: it targets litdata's CombinedStreamingDataset; "
+                    "use --format %s", fmt, DEPRECATED_FORMATS[fmt])
+        fmt = DEPRECATED_FORMATS[fmt]
     if fmt not in FORMATS:
-        raise InputError(f"unknown export format {fmt!r}; known formats: {', '.join(FORMATS)}")
-    return FORMATS[fmt]
+        known = [f for f in FORMATS if f not in DEPRECATED_FORMATS]
+        raise InputError(f"unknown export format {fmt!r}; known formats: {', '.join(known)}")
+    return fmt, FORMATS[fmt]
 
 
-def export_mixture(weights: Mapping[str, float], paths: DataPaths, fmt: str) -> str:
-    """Render ``weights`` ({domain: weight}, summing to 1) as ``fmt`` through the paths map."""
-    exporter = _format(fmt)
-    return exporter.export(_check_weights(weights, paths), paths)
+def _warn_megatron_prefixes(fmt: str, exporter: Format, paths: DataPaths) -> None:
+    # Warn, not refuse: the weights are right, and the pipeline's default export list has hf.
+    if paths.megatron_prefixes and not exporter.reads_megatron_prefixes:
+        log.warning("%s cannot read Megatron indexed stores (PREFIX.bin/.idx), and the paths of %s "
+                    "are such prefixes: the weights are right, but give --data-paths a map of this "
+                    "framework's own copies of the domains for a config it can load", fmt, paths.source)
+
+
+def _number_at(obj: Any, *keys: str) -> float | None:
+    for key in keys:
+        obj = obj.get(key) if isinstance(obj, Mapping) else None
+    return float(obj) if _is_number(obj) and math.isfinite(obj) and obj > 0 else None
+
+
+def epoch_cap(mixture: Any, paths: DataPaths) -> tuple[dict[str, float], str]:
+    """Per domain, the passes over its train data ``mixture`` (a formats.Mixture) allows, and
+    where that comes from; ``({}, "")`` when the mixture carries no cap.
+
+    A ``max_epochs`` in the provenance (top level or under ``guards``) caps every domain. A
+    predicted mixture's ``guards.ceiling`` (a weight share, "*" for the rest, as the pipeline's
+    ``max_epochs`` sets it) caps a domain at ``ceiling * total_tokens / train tokens`` passes,
+    given the train tokens from a domains manifest."""
+    provenance = getattr(mixture, "provenance", None)
+    if not isinstance(provenance, Mapping):
+        return {}, ""
+    max_epochs = _number_at(provenance, "max_epochs") or _number_at(provenance, "guards", "max_epochs")
+    if max_epochs is not None:
+        return {d: max_epochs for d in paths.domains}, f"max_epochs {max_epochs:g} from the mixture's provenance"
+    guards = provenance.get("guards")
+    ceiling = guards.get("ceiling") if isinstance(guards, Mapping) else None
+    if not isinstance(ceiling, Mapping) or not ceiling:
+        return {}, ""
+    caps = {}
+    for domain in paths.domains:
+        share = _number_at(ceiling, domain) or _number_at(ceiling, "*")
+        stats = paths.train_stats.get(domain)
+        if share is None or share >= 1.0:
+            continue
+        if stats is None:
+            log.warning("olmo-core: domain %r has a weight ceiling %g but its train tokens are unknown "
+                        "(no domains manifest), so its repetition is not capped from it", domain, share)
+            continue
+        caps[domain] = share * float(mixture.total_tokens) / stats.tokens
+    return caps, ("the predicted mixture's weight ceilings (guards.ceiling) x total_tokens / the "
+                  f"domain's train tokens in {paths.source}") if caps else ""
+
+
+def export_mixture(weights: Any, paths: DataPaths, fmt: str, *, seed: int = 0) -> str:
+    """Render a mixture as ``fmt`` through the paths map. ``weights`` is ``{domain: weight}``
+    (summing to 1) or a formats.Mixture, whose provenance also gives olmo-core its epoch cap.
+    ``seed`` is written where the target samples with one (hf, litdata)."""
+    name, exporter = _format(fmt)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise InputError(f"export seed must be an integer >= 0, got {seed!r}")
+    _warn_megatron_prefixes(name, exporter, paths)
+    mixture = weights if hasattr(weights, "weights") and hasattr(weights, "provenance") else None
+    cap, cap_source = epoch_cap(mixture, paths) if mixture is not None else ({}, "")
+    options = Options(seed=seed, epoch_cap=cap, epoch_cap_source=cap_source,
+                      total_tokens=float(mixture.total_tokens) if mixture is not None else None)
+    checked = _check_weights(mixture.weights if mixture is not None else weights, paths)
+    return exporter.export(checked, paths, options)
 
 
 def parse_export(text: str, fmt: str, paths: DataPaths) -> dict[str, float]:
     """Read an export back as normalised {domain: weight} over every domain of ``paths``
     (0.0 where absent), so an existing framework config can be checked against a mixture."""
-    blends = _format(fmt).parse(text, paths)
+    fmt, exporter = _format(fmt)
+    blends = exporter.parse(text, paths)
     for blend in blends.values():  # eval splits too: a stray path there is a bug as well
         _known([path for path, _ in blend], paths, fmt)
     owner, sums = paths.domain_of_path(), {d: 0.0 for d in paths.domains}

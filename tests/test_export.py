@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from autoscale_ds.errors import InputError
 from autoscale_ds.export import (
+    DEPRECATED_FORMATS,
     FORMATS,
     DataPaths,
     data_paths_from_mapping,
@@ -24,10 +25,10 @@ from autoscale_ds.export import (
     parse_export,
 )
 
-ALL_FORMATS = list(FORMATS)
+ALL_FORMATS = [f for f in FORMATS if f not in DEPRECATED_FORMATS]
 EXPECTED_FORMATS = {
     "megatron", "megatron-data-args", "megatron-per-split", "megatron-deepspeed", "gpt-neox",
-    "hf", "mosaicml", "litgpt", "nanotron", "olmo-core",
+    "hf", "mosaicml", "litdata", "nanotron", "olmo-core",
 }
 
 MAP = {
@@ -55,7 +56,17 @@ def train_blend(weights, paths):
 
 
 def test_format_names():
-    assert set(FORMATS) == EXPECTED_FORMATS
+    assert set(ALL_FORMATS) == EXPECTED_FORMATS
+    assert DEPRECATED_FORMATS == {"litgpt": "litdata"}
+
+
+def test_litgpt_is_a_deprecated_alias_of_litdata(caplog):
+    paths = data_paths_from_mapping({"a": "/p/a", "b": "/p/b"})
+    with caplog.at_level(logging.WARNING, logger="autoscale_ds.export"):
+        text = export_mixture({"a": 0.25, "b": 0.75}, paths, "litgpt")
+    assert "deprecated" in caplog.text and "litdata" in caplog.text
+    assert text == export_mixture({"a": 0.25, "b": 0.75}, paths, "litdata")
+    assert parse_export(text, "litgpt", paths) == {"a": 0.25, "b": 0.75}
 
 
 @pytest.mark.parametrize("fmt", ALL_FORMATS)
@@ -98,7 +109,9 @@ def test_exact_two_domain_outputs():
     w = {"a": 0.25, "b": 0.75}
     assert export_mixture(w, paths, "megatron") == "0.25 /p/a 0.75 /p/b\n"
     assert export_mixture(w, paths, "megatron-data-args") == "0.25 /p/a\n0.75 /p/b\n"
-    assert export_mixture(w, paths, "megatron-deepspeed") == "--data-path 0.25 /p/a 0.75 /p/b\n"
+    assert export_mixture(w, paths, "megatron-deepspeed") == (
+        '# Megatron-DeepSpeed data arguments. Use: source THIS_FILE; pretrain_gpt.py ... "${DATA_ARGS[@]}"\n'
+        "DATA_ARGS=(\n  --data-path\n    0.25 /p/a\n    0.75 /p/b\n)\n")
     assert json.loads(export_mixture(w, paths, "megatron-per-split")) == {
         "train": ["0.25", "/p/a", "0.75", "/p/b"], "valid": None, "test": None}
     assert yaml.safe_load(export_mixture(w, paths, "mosaicml")) == {
@@ -106,11 +119,14 @@ def test_exact_two_domain_outputs():
     assert yaml.safe_load(export_mixture(w, paths, "nanotron")) == {
         "dataset": {"dataset_folder": ["/p/a", "/p/b"], "dataset_weights": [0.25, 0.75]}}
     assert yaml.safe_load(export_mixture(w, paths, "olmo-core")) == {"sources": [
-        {"source_name": "a", "target_ratio": 0.25, "paths": ["/p/a"]},
-        {"source_name": "b", "target_ratio": 0.75, "paths": ["/p/b"]}]}
-    assert json.loads(export_mixture(w, paths, "litgpt")) == {
+        {"source_name": "a", "target_ratio": 0.25, "paths": ["/p/a"], "max_repetition_ratio": 1.0},
+        {"source_name": "b", "target_ratio": 0.75, "paths": ["/p/b"], "max_repetition_ratio": 1.0}]}
+    assert json.loads(export_mixture(w, paths, "litdata", seed=7)) == {
         "datasets": [{"input_dir": "/p/a"}, {"input_dir": "/p/b"}], "weights": [0.25, 0.75],
-        "iterate_over_all": False}
+        "seed": 7, "iterate_over_all": False}
+    hf = json.loads(export_mixture(w, paths, "hf", seed=3))
+    assert (hf["datasets"], hf["probabilities"], hf["seed"]) == (["/p/a", "/p/b"], [0.25, 0.75], 3)
+    assert hf["stopping_strategy"] == "first_exhausted" and "unconverted" in hf["probabilities_are"]
 
 
 @st.composite
@@ -201,16 +217,31 @@ def test_megatron_core_accepts_null_split(megatron_utils):
     BlendedMegatronDatasetConfig(random_seed=1, sequence_length=8, blend_per_split=blend_per_split)
 
 
-def test_megatron_deepspeed_per_split_flags_and_quoting():
+def _bash_array(text, tmp_path):
+    """The argv that `source FILE; cmd "${DATA_ARGS[@]}"` hands to cmd."""
+    (tmp_path / "ds_args.sh").write_text(text, encoding="utf-8")
+    script = 'source ./ds_args.sh; printf "%s\\0" "${DATA_ARGS[@]}"'
+    out = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, check=True)
+    return out.stdout.decode().split("\0")[:-1]
+
+
+def test_megatron_deepspeed_per_split_flags_and_quoting(tmp_path):
     paths = data_paths_from_mapping({"a": {"train": "/p/a $x", "test": "/p/at"}, "b": "/p/b"})
     text = export_mixture({"a": 0.5, "b": 0.5}, paths, "megatron-deepspeed")
-    tokens = shlex.split(text)
-    assert tokens == ["--train-data-path", "0.5", "/p/a $x", "0.5", "/p/b",
-                      "--test-data-path", "1.0", "/p/at"]
+    assert _bash_array(text, tmp_path) == ["--train-data-path", "0.5", "/p/a $x", "0.5", "/p/b",
+                                           "--test-data-path", "1.0", "/p/at"]
     assert parse_export(text, "megatron-deepspeed", paths) == {"a": 0.5, "b": 0.5}
     # The test split vanishes with a's weight, but the map is per-split: no --data-path + --split.
     text = export_mixture({"a": 0.0, "b": 1.0}, paths, "megatron-deepspeed")
-    assert text == "--train-data-path 1.0 /p/b\n"
+    assert _bash_array(text, tmp_path) == ["--train-data-path", "1.0", "/p/b"]
+
+
+def test_megatron_deepspeed_still_parses_the_old_one_line_form():
+    paths = data_paths_from_mapping({"a": "/p/a b", "b": "/p/b"})
+    assert parse_export("--data-path 0.25 '/p/a b' 0.75 /p/b\n", "megatron-deepspeed", paths) == {
+        "a": 0.25, "b": 0.75}
+    with pytest.raises(InputError, match="not closed"):
+        parse_export("DATA_ARGS=(\n --data-path 1 /p/b\n", "megatron-deepspeed", paths)
 
 
 def test_gpt_neox_yaml_keys(paths):
@@ -230,6 +261,21 @@ def test_gpt_neox_reuses_train_for_missing_eval_splits(caplog):
         obj = yaml.safe_load(export_mixture({"a": 0.5, "b": 0.5}, paths, "gpt-neox"))
     assert obj["valid-data-paths"] == obj["test-data-paths"] == ["/p/a", "/p/b"]
     assert "valid-data-paths" in caplog.text
+
+
+def test_gpt_neox_fills_a_missing_test_split_from_valid_not_train(caplog):
+    paths = data_paths_from_mapping({"a": {"train": "/p/a", "valid": "/p/av"}, "b": "/p/b"})
+    with caplog.at_level(logging.WARNING, logger="autoscale_ds.export"):
+        text = export_mixture({"a": 0.5, "b": 0.5}, paths, "gpt-neox")
+    obj = yaml.safe_load(text)
+    assert obj["test-data-paths"] == obj["valid-data-paths"] == ["/p/av"]
+    assert obj["test-data-weights"] == [1.0]
+    assert "test reuses the valid paths" in text.splitlines()[0]
+    assert "reuses the valid paths" in caplog.text
+    # No valid split but a test split: valid is filled from test (held out), not train.
+    paths = data_paths_from_mapping({"a": {"train": "/p/a", "test": "/p/at"}, "b": "/p/b"})
+    obj = yaml.safe_load(export_mixture({"a": 0.5, "b": 0.5}, paths, "gpt-neox"))
+    assert obj["valid-data-paths"] == obj["test-data-paths"] == ["/p/at"]
 
 
 def test_hf_probabilities_sum_to_one():
@@ -364,9 +410,14 @@ def test_extra_map_domains_warn_not_fail(paths, caplog):
 
 def test_whitespace_path_rejected_by_megatron():
     paths = data_paths_from_mapping({"a": "/p/a b", "b": "/p/b"}, source="ws.yaml")
-    with pytest.raises(InputError, match="'/p/a b'.*whitespace"):
-        export_mixture({"a": 0.5, "b": 0.5}, paths, "megatron")
-    assert parse_export(export_mixture({"a": 0.5, "b": 0.5}, paths, "hf"), "hf", paths) == {"a": 0.5, "b": 0.5}
+    for fmt in ("megatron", "megatron-data-args"):
+        with pytest.raises(InputError) as err:
+            export_mixture({"a": 0.5, "b": 0.5}, paths, fmt)
+        for needle in (fmt, "'/p/a b'", "domain 'a'", "ws.yaml"):
+            assert needle in str(err.value), (needle, str(err.value))
+    assert "whitespace" in str(err.value)
+    for fmt in ("hf", "megatron-per-split", "megatron-deepspeed"):  # these carry it
+        assert parse_export(export_mixture({"a": 0.5, "b": 0.5}, paths, fmt), fmt, paths) == {"a": 0.5, "b": 0.5}
 
 
 # ----------------------------------------------------------------------------- parse errors
@@ -444,3 +495,285 @@ def test_a_domains_manifest_serves_as_the_paths_map(prepared, tmp_path):
     assert neox["valid-data-paths"][0].endswith(f"{domains[0]}/valid_text_document")
     for prefix in neox["train-data-paths"] + neox["valid-data-paths"]:
         assert os.path.exists(prefix + ".bin") and os.path.exists(prefix + ".idx")
+
+
+# ----------------------------------------------------------------------------- shell safety
+# Each Megatron-family output is run the way the README says to use it, on hostile paths, with
+# a stand-in for pretrain_gpt.py that prints its argv: the argv must be exactly the intended
+# one, and no command hidden in a path may run.
+
+STAND_IN = "import json, sys\nprint(json.dumps(sys.argv[1:]))\n"
+
+
+def _hostile(marker):
+    """Paths that each break a naive shell use. ``marker`` is created if a command runs."""
+    return {
+        "space": "/d/my web/a",
+        "squote": "/d/it's",
+        "dquote": '/d/say "hi"',
+        "subst": f"/d/w$(touch${{IFS}}{marker})",
+        "backtick": f"/d/`touch {marker}`",
+        "semicolon": f"/d/a;touch {marker}",
+        "glob": "data/*",
+        "brace": "/d/{a,b}",
+        "tilde": "~/d/t",
+        "backslash": "/d/a\\b",
+        "bang": "/d/a!b",
+        "newline": "/d/line\nbreak",
+        "dollar": "/d/$HOME",
+        "unicode": "/données/é",
+    }
+
+
+@pytest.fixture
+def hostile(tmp_path):
+    marker = tmp_path / "PWNED"
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "x").write_text("")  # a file the glob "data/*" would match
+    (tmp_path / "argv.py").write_text(STAND_IN)
+    mapping = _hostile(marker)
+    weights = {d: 1 / len(mapping) for d in mapping}
+    return tmp_path, marker, mapping, weights
+
+
+def _run_bash(script, cwd):
+    out = subprocess.run(["bash", "-c", script], cwd=cwd, capture_output=True, text=True,
+                         env=dict(os.environ, PY=sys.executable))
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def _expected_args(weights, mapping):
+    return [tok for d, w in weights.items() for tok in (repr(w), mapping[d])]
+
+
+def test_megatron_deepspeed_bash_array_survives_hostile_paths(hostile):
+    tmp_path, marker, mapping, weights = hostile
+    paths = data_paths_from_mapping(mapping, source="hostile.yaml")
+    text = export_mixture(weights, paths, "megatron-deepspeed")
+    (tmp_path / "ds_data_args.sh").write_text(text, encoding="utf-8")
+    # The README's usage: source the file, pass the array quoted.
+    argv = _run_bash('source ds_data_args.sh && "$PY" argv.py --num-layers 2 "${DATA_ARGS[@]}"', tmp_path)
+    assert argv == ["--num-layers", "2", "--data-path", *_expected_args(weights, mapping)]
+    assert not marker.exists()
+    assert parse_export(text, "megatron-deepspeed", paths) == pytest.approx(weights, rel=1e-12)
+
+
+def test_megatron_deepspeed_argv_parses_like_megatron_deepspeed(hostile):
+    """Megatron-DeepSpeed declares --data-path nargs='*'; its argparse gets every pair back."""
+    import argparse
+
+    tmp_path, marker, mapping, weights = hostile
+    paths = data_paths_from_mapping({"a": {"train": mapping["space"], "valid": mapping["subst"]},
+                                     "b": mapping["newline"]})
+    text = export_mixture({"a": 0.5, "b": 0.5}, paths, "megatron-deepspeed")
+    (tmp_path / "ds.sh").write_text(text, encoding="utf-8")
+    argv = _run_bash('source ds.sh && "$PY" argv.py "${DATA_ARGS[@]}" --seq-length 8', tmp_path)
+    parser = argparse.ArgumentParser()
+    for flag in ("--train-data-path", "--valid-data-path", "--test-data-path"):
+        parser.add_argument(flag, nargs="*", default=None)
+    parser.add_argument("--seq-length", type=int)
+    args = parser.parse_args(argv)
+    assert args.train_data_path == ["0.5", mapping["space"], "0.5", mapping["newline"]]
+    assert args.valid_data_path == ["1.0", mapping["subst"]] and args.test_data_path is None
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("fmt", ["megatron", "megatron-deepspeed"])
+def test_leading_dash_refused_for_command_lines(fmt):
+    paths = data_paths_from_mapping({"a": "--data-path", "b": "/p/b"}, source="dash.yaml")
+    with pytest.raises(InputError) as err:
+        export_mixture({"a": 0.5, "b": 0.5}, paths, fmt)
+    for needle in (fmt, "'--data-path'", "domain 'a'", "dash.yaml", "'-'", "./--data-path"):
+        assert needle in str(err.value), (needle, str(err.value))
+
+
+def test_leading_dash_is_fine_in_files_megatron_reads(megatron_utils):
+    paths = data_paths_from_mapping({"a": "--a", "b": "-b"})
+    text = export_mixture({"a": 0.5, "b": 0.5}, paths, "megatron-data-args")
+    assert megatron_utils.get_blend_from_list(text.split()) == (["--a", "-b"], [0.5, 0.5])
+    assert parse_export(text, "megatron-data-args", paths) == {"a": 0.5, "b": 0.5}
+
+
+def test_megatron_line_refuses_every_shell_special_path(hostile):
+    tmp_path, marker, mapping, weights = hostile
+    for domain, path in mapping.items():
+        if domain == "unicode":
+            continue
+        paths = data_paths_from_mapping({domain: path, "safe": "/p/safe"}, source="hostile.yaml")
+        with pytest.raises(InputError) as err:
+            export_mixture({domain: 0.5, "safe": 0.5}, paths, "megatron")
+        assert repr(path) in str(err.value) and f"domain {domain!r}" in str(err.value)
+        assert "megatron-data-args" in str(err.value)  # says what to use instead
+
+
+def test_megatron_line_pasted_or_spliced_gives_the_exact_argv(tmp_path):
+    """The inert characters the `megatron` line keeps reach argv unchanged both ways the line
+    is used: pasted after --data-path, or spliced unquoted with $(cat FILE)."""
+    (tmp_path / "argv.py").write_text(STAND_IN)
+    mapping = {"u": "/données/é_1", "odd": "rel/a=b,c@d%e+f:g.h-i", "plain": "/p/web_text_document"}
+    weights = {"u": 0.5, "odd": 0.25, "plain": 0.25}
+    text = export_mixture(weights, data_paths_from_mapping(mapping), "megatron")
+    (tmp_path / "blend.txt").write_text(text, encoding="utf-8")
+    want = ["--data-path", *_expected_args(weights, mapping)]
+    assert _run_bash('"$PY" argv.py --data-path ' + text, tmp_path) == want
+    assert _run_bash('"$PY" argv.py --data-path $(cat blend.txt)', tmp_path) == want
+
+
+def test_megatron_data_args_file_as_megatron_lm_reads_it(hostile, megatron_utils):
+    """Megatron-LM: get_blend_from_list(open(--data-args-path).read().split())."""
+    tmp_path, marker, mapping, weights = hostile
+    kept = {d: p for d, p in mapping.items() if not any(c.isspace() for c in p)}
+    kept["dash"] = "--d/x"
+    w = {d: 1 / len(kept) for d in kept}
+    paths = data_paths_from_mapping(kept)
+    (tmp_path / "data_args.txt").write_text(export_mixture(w, paths, "megatron-data-args"), encoding="utf-8")
+    with open(tmp_path / "data_args.txt", "r") as f:
+        prefixes, got = megatron_utils.get_blend_from_list(f.read().split())
+    assert prefixes == list(kept.values()) and got == list(w.values())
+    for domain in ("space", "newline"):
+        bad = data_paths_from_mapping({domain: mapping[domain], "b": "/p/b"}, source="ws.yaml")
+        with pytest.raises(InputError, match=f"domain '{domain}'.*ws.yaml.*whitespace"):
+            export_mixture({domain: 0.5, "b": 0.5}, bad, "megatron-data-args")
+    assert not marker.exists()
+
+
+def test_megatron_per_split_json_carries_any_path(hostile, megatron_utils):
+    tmp_path, marker, mapping, weights = hostile
+    mapping = {**mapping, "dash": "--d/x"}
+    weights = {d: 1 / len(mapping) for d in mapping}
+    data = json.loads(export_mixture(weights, data_paths_from_mapping(mapping), "megatron-per-split"))
+    prefixes, got = megatron_utils.get_blend_from_list(data["train"])
+    assert prefixes == list(mapping.values()) and got == list(weights.values())
+
+
+# ----------------------------------------------------------------------------- manifest sizes
+
+
+def _manifest(tmp_path, sizes, name="manifest.yaml"):
+    """A domains manifest with {domain: (train tokens, train documents)}; no stores needed."""
+    domains = {d: {"train": {"prefix": f"{d}/train_text_document", "documents": docs, "tokens": tokens},
+                   "valid": {"prefix": f"{d}/valid_text_document", "documents": 1, "tokens": 10}}
+               for d, (tokens, docs) in sizes.items()}
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({"schema": "autoscale.domains/v1", "tokenizer": {"kind": "hf"},
+                                    "seed": 0, "valid_fraction": 0.05, "domains": domains}))
+    return path
+
+
+def test_hf_probabilities_are_per_example(tmp_path):
+    """interleave_datasets draws examples: long-document domains get proportionally fewer."""
+    paths = load_data_paths(_manifest(tmp_path, {"long": (10_000, 100), "short": (10_000, 1000)}))
+    obj = json.loads(export_mixture({"long": 0.5, "short": 0.5}, paths, "hf", seed=5))
+    assert obj["mean_document_tokens"] == [100.0, 10.0]
+    assert obj["probabilities"] == pytest.approx([1 / 11, 10 / 11], rel=1e-12)
+    assert obj["seed"] == 5 and "per example" in obj["probabilities_are"]
+    assert parse_export(json.dumps(obj), "hf", paths) == pytest.approx({"long": 0.5, "short": 0.5}, rel=1e-12)
+
+
+def test_hf_token_shares_follow_the_weights_under_interleave_datasets(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    datasets.disable_progress_bars()
+    paths = load_data_paths(_manifest(tmp_path, {"long": (10_000, 100), "short": (10_000, 1000)}))
+    weights = {"long": 0.3, "short": 0.7}
+    obj = json.loads(export_mixture(weights, paths, "hf", seed=1))
+    parts = [datasets.Dataset.from_dict({"n": [int(n)] * 40_000}) for n in obj["mean_document_tokens"]]
+    mixed = datasets.interleave_datasets(parts, probabilities=obj["probabilities"], seed=obj["seed"],
+                                         stopping_strategy=obj["stopping_strategy"])
+    lengths = mixed.select(range(30_000))["n"]
+    share_long = sum(n for n in lengths if n == 100) / sum(lengths)
+    assert abs(share_long - weights["long"]) < 0.03  # unconverted it would be 0.81
+
+
+def test_hf_with_a_hand_written_map_and_a_manifest(tmp_path):
+    manifest = _manifest(tmp_path, {"a": (1000, 10), "b": (1000, 100)})
+    (tmp_path / "p.yaml").write_text("a: hub/a\nb: [hub/b1, hub/b2]\n")
+    paths = load_data_paths(tmp_path / "p.yaml", manifest=manifest)
+    assert not paths.megatron_prefixes and paths.train_stats["a"].mean_document_tokens == 100
+    obj = json.loads(export_mixture({"a": 0.5, "b": 0.5}, paths, "hf"))
+    assert obj["datasets"] == ["hub/a", "hub/b1", "hub/b2"]
+    assert obj["probabilities"] == pytest.approx([0.5 / 100 / 0.055, 0.25 / 10 / 0.055, 0.25 / 10 / 0.055])
+    assert parse_export(json.dumps(obj), "hf", paths) == pytest.approx({"a": 0.5, "b": 0.5}, rel=1e-12)
+
+
+def test_hf_without_sizes_states_the_conversion(caplog):
+    paths = data_paths_from_mapping({"a": "/p/a", "b": "/p/b"}, source="p.yaml")
+    with caplog.at_level(logging.WARNING, logger="autoscale_ds.export"):
+        obj = json.loads(export_mixture({"a": 0.25, "b": 0.75}, paths, "hf"))
+    assert obj["probabilities"] == [0.25, 0.75] and "mean_document_tokens" not in obj
+    assert "token weights, unconverted" in obj["probabilities_are"]
+    assert "document lengths of p.yaml are unknown" in caplog.text
+
+
+@pytest.mark.parametrize("fmt", ["hf", "mosaicml", "litdata", "nanotron", "olmo-core"])
+def test_formats_that_cannot_read_megatron_stores_warn_on_a_manifest(tmp_path, caplog, fmt):
+    paths = load_data_paths(_manifest(tmp_path, {"a": (1000, 10), "b": (1000, 100)}))
+    with caplog.at_level(logging.WARNING, logger="autoscale_ds.export"):
+        export_mixture({"a": 0.5, "b": 0.5}, paths, fmt)
+    assert f"{fmt} cannot read Megatron indexed stores" in caplog.text and "manifest.yaml" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="autoscale_ds.export"):
+        export_mixture({"a": 0.5, "b": 0.5}, paths, "megatron")
+        export_mixture({"a": 0.5, "b": 0.5}, data_paths_from_mapping({"a": "/x", "b": "/y"}), fmt)
+    assert "cannot read Megatron" not in caplog.text
+
+
+# ----------------------------------------------------------------------------- olmo-core epoch cap
+
+
+def _olmo(text):
+    return {s["source_name"]: s for s in yaml.safe_load(text)["sources"]}
+
+
+def _mixture(weights, total, provenance):
+    from autoscale_ds.formats import Mixture
+
+    return Mixture(total, weights, {d: w * total for d, w in weights.items()}, "autoscale", provenance)
+
+
+def test_olmo_core_repetition_from_predicted_ceilings(tmp_path):
+    paths = load_data_paths(_manifest(tmp_path, {"a": (100_000, 10), "b": (2_000_000, 10)}))
+    mixture = _mixture({"a": 0.25, "b": 0.75}, 1_000_000, {"guards": {"ceiling": {"a": 0.3, "*": 0.9}}})
+    text = export_mixture(mixture, paths, "olmo-core")
+    sources = _olmo(text)
+    assert sources["a"]["max_repetition_ratio"] == pytest.approx(3.0)  # 0.3 * 1M / 100K
+    assert "max_source_fraction" not in sources["a"]
+    assert sources["b"]["max_repetition_ratio"] == 1.0  # 0.9 * 1M / 2M = 0.45 of b's data
+    assert sources["b"]["max_source_fraction"] == pytest.approx(0.45)
+    assert "guards.ceiling" in text.splitlines()[1]
+    assert parse_export(text, "olmo-core", paths) == {"a": 0.25, "b": 0.75}
+
+
+def test_olmo_core_repetition_from_max_epochs_and_default(tmp_path, caplog):
+    paths = data_paths_from_mapping({"a": "/p/a", "b": "/p/b"})
+    for provenance in ({"max_epochs": 4}, {"guards": {"max_epochs": 4.0}}):
+        text = export_mixture(_mixture({"a": 0.5, "b": 0.5}, 1e6, provenance), paths, "olmo-core")
+        assert [s["max_repetition_ratio"] for s in _olmo(text).values()] == [4.0, 4.0]
+        assert "max_epochs 4 from the mixture's provenance" in text
+    text = export_mixture(_mixture({"a": 0.5, "b": 0.5}, 1e6, {"fits": {}}), paths, "olmo-core")
+    assert [s["max_repetition_ratio"] for s in _olmo(text).values()] == [1.0, 1.0]
+    assert "no epoch cap in the mixture: 1.0, OLMo-core's default" in text
+    # A ceiling without the domain's size cannot become a number of passes: warned, 1.0.
+    with caplog.at_level(logging.WARNING, logger="autoscale_ds.export"):
+        text = export_mixture(_mixture({"a": 0.5, "b": 0.5}, 1e6, {"guards": {"ceiling": {"a": 0.6}}}),
+                              paths, "olmo-core")
+    assert _olmo(text)["a"]["max_repetition_ratio"] == 1.0 and "train tokens are unknown" in caplog.text
+
+
+def test_olmo_core_warns_when_the_mixture_needs_more_passes_than_allowed(tmp_path, caplog):
+    paths = load_data_paths(_manifest(tmp_path, {"a": (100_000, 10), "b": (2_000_000, 10)}))
+    with caplog.at_level(logging.WARNING, logger="autoscale_ds.export"):
+        export_mixture(_mixture({"a": 0.5, "b": 0.5}, 1_000_000, {}), paths, "olmo-core")
+    assert "domain 'a' needs 5 passes" in caplog.text and "Insufficient tokens" in caplog.text
+    assert "domain 'b'" not in caplog.text
+
+
+def test_export_seed_must_be_a_natural_number(paths):
+    for bad in (-1, 1.5, True, "3"):
+        with pytest.raises(InputError, match="seed"):
+            export_mixture(WEIGHTS, paths, "hf", seed=bad)
+
+
+def test_nul_in_a_path_is_refused():
+    with pytest.raises(InputError, match="'web'.*NUL"):
+        data_paths_from_mapping({"web": "/p/a\0b"})
