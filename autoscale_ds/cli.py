@@ -9,6 +9,7 @@ import logging
 import math
 import re
 import sys
+from decimal import Context, Decimal, localcontext
 from typing import Dict, List, Optional, Sequence
 
 from . import __version__
@@ -17,21 +18,39 @@ from .errors import InputError
 logger = logging.getLogger("autoscale_ds.cli")
 
 EXIT_INPUT_ERROR = 2
-_TOKEN_SUFFIXES = {"": 1, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
+_TOKEN_SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
+MAX_TOKEN_COUNT = 10**300
+"""Largest count accepted: the predictions' arithmetic is in floats (max ~1.8e308)."""
 
 
 # ---------------------------------------------------------------- argument helpers
 
 
 def parse_token_count(text: str) -> float:
-    """'10B', '1.5e9', '500M', '2T' -> number of tokens."""
+    """'10B', '1.5e9', '500M', '2T' -> number of tokens: an exact ``int`` when whole (so
+    '1e20' is exactly 10**20, which no float is), else a float. argparse ``type=``."""
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([KkMmBbGgTt]?)\s*", text)
     if not match:
         raise argparse.ArgumentTypeError(f"not a token count: {text!r} (try 10B, 500M, 1.5e9)")
-    value = float(match.group(1)) * _TOKEN_SUFFIXES[match.group(2).upper()]
-    if not (value > 0 and math.isfinite(value)):
+    mantissa = Decimal(match.group(1))
+    if mantissa.adjusted() > 400:  # don't build a huge int just to refuse it
+        raise argparse.ArgumentTypeError(f"token count too large: {text!r} (at most 1e300)")
+    with localcontext(Context(prec=1000)):  # exact: the default 28 digits would round
+        value = mantissa * _TOKEN_SUFFIXES[match.group(2).upper()]
+    if not value > 0:
         raise argparse.ArgumentTypeError(f"token count must be positive: {text!r}")
-    return value
+    if value > MAX_TOKEN_COUNT:
+        raise argparse.ArgumentTypeError(f"token count too large: {text!r} (at most 1e300)")
+    return int(value) if value == value.to_integral_value() else float(value)
+
+
+def token_count_of(text: str, flag: str) -> float:
+    """:func:`parse_token_count` for a value inside another argument (e.g. DOMAIN=TOKENS):
+    a bad one is an InputError naming ``flag``."""
+    try:
+        return parse_token_count(text)
+    except argparse.ArgumentTypeError as exc:
+        raise InputError(f"{flag}: {exc}") from None
 
 
 def _positive_float(text: str) -> float:
@@ -56,6 +75,8 @@ def _domain_values(pairs: Optional[List[str]], flag: str, default_key: Optional[
             raise InputError(f"{flag} expects DOMAIN=VALUE, got {pair!r}")
         if not key:
             raise InputError(f"{flag} expects DOMAIN=VALUE, got {pair!r}")
+        if key in result:  # like a duplicate key in a file: which one was meant?
+            raise InputError(f"{flag} gives {key!r} twice ({result[key]} and {value})")
         result[key] = value
     return result
 
@@ -77,7 +98,8 @@ def emit(text: str = "") -> None:
 
 def emit_error(prog: str, message: str) -> None:
     """The one line an input problem produces (stderr)."""
-    sys.stderr.write(f"{prog}: error: {message}\n")
+    one_line = " ".join(str(message).split("\n"))  # a message must never span lines
+    sys.stderr.write(f"{prog}: error: {one_line}\n")
 
 
 # ------------------------------------------------------------------------ parser
@@ -87,8 +109,19 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
     pass
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad flag is an input error like any other: one ``autoscale: error:`` line, exit 2
+    (argparse's own is a usage block, then ``autoscale SUBCOMMAND: error:``)."""
+
+    def error(self, message):
+        command = self.prog.partition(" ")[2]
+        emit_error("autoscale", f"{command + ': ' if command else ''}{message} "
+                   f"(see `{self.prog} --help`)")
+        sys.exit(EXIT_INPUT_ERROR)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="autoscale", formatter_class=_Formatter,
         description="Compute-optimal data mixtures for LLM pretraining (AutoScale / DDO).",
     )

@@ -1,12 +1,15 @@
 """Sub-commands of the ``autoscale`` CLI (parsing lives in :mod:`autoscale_ds.cli`)."""
 
 import logging
+import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from .atomic import atomic_write_text
 from .atomic import file_sha256
-from .cli import _domain_values, _float_of, _positive_float, emit, parse_token_count
+from .cli import (_domain_values, _float_of, _positive_float, emit, parse_token_count,
+                  token_count_of)
 from .errors import InputError
 from .formats import load_mixture, load_runs, save_mixture
 from .tables import format_table, human_tokens
@@ -50,9 +53,9 @@ def _register_pipeline(commands, formatter):
 
 def _pipeline(args) -> int:
     from .orchestrate.pipeline import load_pipeline_config, run_pipeline
-    from .train.launch import overrides_from
+    from .yaml_config import parse_set_overrides
 
-    result = run_pipeline(load_pipeline_config(args.config, overrides_from(args.set)))
+    result = run_pipeline(load_pipeline_config(args.config, parse_set_overrides(args.set)))
     emit(predict_table(result.prediction))
     emit(f"\nmixture: {result.mixture_path}\nreport:  {result.report_path}")
     for fmt, path in result.exports.items():
@@ -75,9 +78,9 @@ def _register_ddo_run(commands, formatter):
 
 def _ddo_run(args) -> int:
     from .orchestrate.ddo_run import run_from_config
-    from .train.launch import overrides_from
+    from .yaml_config import parse_set_overrides
 
-    return run_from_config(args.config, overrides_from(args.set))
+    return run_from_config(args.config, parse_set_overrides(args.set))
 
 
 # ---------------------------------------------------------------------------- ddo
@@ -135,7 +138,7 @@ def _ddo_options(args):
         if not sep:
             raise InputError(f"--ratio-bounds expects DOMAIN=LO:HI, got {domain}={text}")
         bounds[domain] = (_float_of(lo, "--ratio-bounds"), _float_of(hi, "--ratio-bounds"))
-    available = {d: parse_token_count(v) if v else 0.0
+    available = {d: token_count_of(v, f"--available-tokens {d}")
                  for d, v in _domain_values(args.available_tokens, "--available-tokens").items()}
     eval_weights = {d: _float_of(v, "--eval-weight")
                     for d, v in _domain_values(args.eval_weight, "--eval-weight").items()}
@@ -150,6 +153,7 @@ def cmd_ddo(args) -> int:
     from .ddo import build_design, result_to_mixture, solve_design
     from .ddo_table import ddo_table
 
+    check_output_file(args.out, [args.runs])
     options = _ddo_options(args)
     runs_file = load_runs(args.runs)
     design = build_design(runs_file, options, source=args.runs)
@@ -161,7 +165,8 @@ def cmd_ddo(args) -> int:
                   "eval_set": design.eval_set}
     mixture = result_to_mixture(result, provenance)
     mixture.provenance["sensitivity"] = _sensitivity(design, options, args)
-    save_mixture(args.out, mixture)
+    with writing(args.out):
+        save_mixture(args.out, mixture)
     emit(ddo_table(mixture))
     emit(f"\nwrote {args.out}  (budget {human_tokens(mixture.total_tokens)} tokens)")
     return 0
@@ -231,6 +236,7 @@ def _register_predict(commands, formatter):
 def cmd_predict(args) -> int:
     from .predict import PredictGuards, predict
 
+    check_output_file(args.out, args.mixture)
     mixtures = [load_mixture(path) for path in args.mixture]
     floors = {d: _float_of(v, "--floor") for d, v in _domain_values(args.floor, "--floor", "*").items()}
     unknown = [d for d in floors if d != "*" and d not in mixtures[0].weights]
@@ -243,7 +249,8 @@ def cmd_predict(args) -> int:
 
     inputs = [{"path": p, "sha256": file_sha256(p)} for p in args.mixture]
     mixture = prediction_to_mixture(prediction, inputs, guards)
-    save_mixture(args.out, mixture)
+    with writing(args.out):
+        save_mixture(args.out, mixture)
     emit(predict_table(prediction))
     residual = (f"{prediction.model.rms_log_residual:.3g}" if len(prediction.budgets) > 2
                 else "n/a (two budgets fit exactly)")
@@ -285,17 +292,26 @@ def _register_export(commands, formatter):
     p.add_argument("--format", required=True, choices=sorted(FORMATS), help="target format")
     p.add_argument("--data-paths", required=True, help="YAML/JSON map of domain -> data path(s)")
     p.add_argument("--out", default=None, help="file to write (default: stdout)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="sampling seed written into the hf and litdata exports")
+    p.add_argument("--manifest", default=None,
+                   help="domains manifest whose document and token counts convert hf "
+                   "probabilities to per-example ones and cap olmo-core repetition "
+                   "(default: --data-paths when it is a manifest)")
     p.set_defaults(handler=cmd_export)
 
 
 def cmd_export(args) -> int:
     from .export import export_mixture, load_data_paths
 
-    mixture = load_mixture(args.mixture)
-    paths = load_data_paths(args.data_paths)
-    text = export_mixture(mixture.weights, paths, args.format)
     if args.out:
-        atomic_write_text(args.out, text if text.endswith("\n") else text + "\n")
+        check_output_file(args.out, [args.mixture, args.data_paths, args.manifest])
+    mixture = load_mixture(args.mixture)
+    paths = load_data_paths(args.data_paths, manifest=args.manifest)
+    text = export_mixture(mixture, paths, args.format, seed=args.seed)
+    if args.out:
+        with writing(args.out):
+            atomic_write_text(args.out, text if text.endswith("\n") else text + "\n")
         emit(f"wrote {args.out} ({args.format})")
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
@@ -322,8 +338,49 @@ def _register_plot(commands, formatter):
 def cmd_plot(args) -> int:
     from .plots import plot_mixtures
 
+    out_dir = Path(args.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out-dir {out_dir}: exists and is not a directory")
     mixtures = [(path, load_mixture(path)) for path in args.mixtures]
-    written = plot_mixtures(mixtures, Path(args.out_dir))
+    with writing(out_dir, "--out-dir"):
+        written = plot_mixtures(mixtures, out_dir)
     for path in written:
         emit(f"wrote {path}")
     return 0
+
+
+# ------------------------------------------------------------------------ outputs
+
+
+def check_output_file(out, inputs, flag: str = "--out") -> None:
+    """Refuse an output path that is a directory or one of the inputs (the atomic write
+    would replace the input: a runs file, hours of proxy training, lost)."""
+    if Path(out).is_dir():
+        raise InputError(f"{flag} {out}: is a directory; give a file name")
+    for parent in Path(out).absolute().parents:  # the nearest existing one must be a directory
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise InputError(f"{flag} {out}: {parent} is not a directory")
+            break
+    for source in (s for s in inputs if s is not None):
+        if _same_file(out, source):
+            raise InputError(f"{flag} {out} is the input file {source}; it would be "
+                             "overwritten, write the result to another path")
+
+
+def _same_file(a, b) -> bool:
+    # realpath settles spellings like ./x or missing/../x (which samefile cannot stat);
+    # samefile then sees through symlinks and hard links.
+    try:
+        return os.path.samefile(os.path.realpath(a), b)
+    except OSError:  # one does not exist (yet): they are not the same file
+        return False
+
+
+@contextmanager
+def writing(path, flag: str = "--out"):
+    """An OS error while writing an output is the user's path's problem: one line naming it."""
+    try:
+        yield
+    except OSError as exc:
+        raise InputError(f"{flag} {path}: cannot write ({exc.strerror or exc})") from None

@@ -13,6 +13,7 @@ import logging
 import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -71,8 +72,28 @@ class DDOOptions:
         for domain, (lo, hi) in self.ratio_bounds.items():
             if not (0 < lo <= hi):
                 problems.append(f"ratio bounds of {domain!r} must satisfy 0 < lo <= hi, got ({lo}, {hi})")
+        if self.eval_weights is not None:
+            problems += eval_weight_problems(self.eval_weights)
         if problems:
             raise InputError("invalid DDO options: " + "; ".join(problems))
+
+
+def eval_weight_problems(weights) -> List[str]:
+    """What is wrong with objective weights per eval domain: each must be a finite number
+    >= 0 and one must be > 0 (a negative weight rewards a worse loss; all zero is 0/0)."""
+    if not isinstance(weights, dict):
+        return [f"eval_weights must map eval domains to weights, got {weights!r}"]
+    if not weights:
+        return []  # no weights: the plain mean
+    problems = []
+    for domain, weight in weights.items():
+        number = isinstance(weight, (int, float)) and not isinstance(weight, bool)
+        if not (number and math.isfinite(weight) and weight >= 0):
+            problems.append(f"eval weight of {domain!r} must be a finite number >= 0, "
+                            f"got {weight!r}")
+    if not problems and not any(weight > 0 for weight in weights.values()):
+        problems.append(f"eval weights need at least one > 0, got {weights}")
+    return problems
 
 
 @dataclass
@@ -335,14 +356,22 @@ def _cap_message(design: Design, index: int, lo: float, options: DDOOptions) -> 
 # --------------------------------------------------------------------------- output
 
 
-def integer_tokens(tokens: np.ndarray) -> List[int]:
-    """Round to whole tokens keeping the (rounded) total: largest remainders get the +1s."""
-    target = int(round(float(np.sum(tokens))))
-    floors = np.floor(tokens).astype(np.int64)
-    shortfall = target - int(floors.sum())
-    order = np.argsort(-(tokens - floors), kind="stable")
-    floors[order[:max(shortfall, 0)]] += 1
-    return [int(n) for n in floors]
+def integer_tokens(tokens: Sequence[float], total: Optional[int] = None) -> List[int]:
+    """Whole tokens in proportion to ``tokens`` summing exactly to ``total`` (default: the
+    rounded sum): largest remainders get the +1s. Exact rational arithmetic on Python ints,
+    so any size works (int64 wraps past 9.2e18; float sums drift past 2^53)."""
+    quantities = [Fraction(float(n)) for n in tokens]
+    quantity_sum = sum(quantities, Fraction(0))
+    target = round(quantity_sum) if total is None else int(total)
+    if quantity_sum <= 0:
+        raise InputError("whole tokens need a positive total quantity")
+    quotas = [n * target / quantity_sum for n in quantities]
+    floors = [math.floor(q) for q in quotas]
+    shortfall = target - sum(floors)  # 0 <= shortfall < number of domains
+    order = sorted(range(len(quotas)), key=lambda i: floors[i] - quotas[i])  # stable: ties by index
+    for i in order[:shortfall]:
+        floors[i] += 1
+    return floors
 
 
 def result_to_mixture(result: DDOResult, provenance: dict) -> Mixture:

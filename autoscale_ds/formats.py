@@ -6,13 +6,13 @@ and what is wrong; nothing deeper in the package ever sees an unchecked value.
 Extra keys are kept (forward compatible) but never interpreted.
 """
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Union
 
+from . import loaders
 from .atomic import atomic_write_json
 from .errors import InputError
 
@@ -94,21 +94,9 @@ class Mixture:
 
 
 def read_json(path: PathLike, what: str) -> Any:
-    """Parse a JSON file, turning every I/O or syntax problem into an InputError."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{what} {path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{what} {path}: cannot read ({exc})") from None
-    try:
-        return json.loads(text, parse_constant=_reject_constant)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise InputError(f"{what} {path}: not valid JSON ({exc})") from None
-
-
-def _reject_constant(name: str):
-    raise json.JSONDecodeError(f"{name} is not a valid number here", name, 0)
+    """Parse a JSON file strictly (no duplicate keys, no NaN), turning every I/O or syntax
+    problem into a one-line InputError that names the file."""
+    return loaders.read_json(path, what)
 
 
 def load_runs(path: PathLike) -> RunsFile:

@@ -82,7 +82,9 @@ class LogLinearModel:
     domain_rms_log_residual: np.ndarray
 
     def tokens_at(self, s: float) -> np.ndarray:
-        return np.exp(self.intercept + self.slope * s)
+        # Past float range is inf: "too many" for the search for s; predict() refuses it.
+        with np.errstate(over="ignore"):
+            return np.exp(self.intercept + self.slope * s)
 
 
 @dataclass
@@ -112,6 +114,7 @@ class DomainReport:
 class Prediction:
     s: float
     total_tokens: float
+    """The target as given (an int stays exact), or the trend's total for ``steps``."""
     tokens: Dict[str, float]
     weights: Dict[str, float]
     model: LogLinearModel
@@ -176,7 +179,12 @@ def predict(mixtures: Sequence[Mixture], target_tokens: Optional[float] = None,
     last = float(model.coordinates[-1])
     s = last + steps if steps is not None else _solve_for_s(model, target_tokens, last)
     raw_tokens = model.tokens_at(s)
-    total = float(target_tokens) if target_tokens is not None else float(raw_tokens.sum())
+    if not np.all(np.isfinite(raw_tokens)):
+        raise InputError(f"the trend at s = {s:.4g} exceeds floating-point range; "
+                         "predict a smaller budget")
+    # An int target stays exact (the mixture's whole tokens must sum to it); math uses floats.
+    exact_total = target_tokens if target_tokens is not None else float(raw_tokens.sum())
+    total = float(exact_total)
     raw_weights = raw_tokens / raw_tokens.sum()
     budgets = [m.total_tokens for m in ordered]
     guards = guards or PredictGuards()
@@ -185,7 +193,7 @@ def predict(mixtures: Sequence[Mixture], target_tokens: Optional[float] = None,
                                      guards, held)
     report = _report(model.domains, ordered, raw_weights, weights, total, applied)
     tokens = {d: float(w * total) for d, w in zip(model.domains, weights)}
-    return Prediction(s, total, tokens, dict(zip(model.domains, map(float, weights))), model,
+    return Prediction(s, exact_total, tokens, dict(zip(model.domains, map(float, weights))), model,
                       budgets, report)
 
 
@@ -207,11 +215,18 @@ def _check_inputs(mixtures, target_tokens, steps) -> List[Mixture]:
         if zero:
             raise InputError(f"mixture at {m.total_tokens:,.0f} tokens gives domain {zero[0]!r} no "
                              "tokens; a zero quantity cannot be extrapolated in log space")
-    if target_tokens is not None and not (target_tokens > 0 and math.isfinite(target_tokens)):
+    if target_tokens is not None and not (target_tokens > 0 and _finite(target_tokens)):
         raise InputError(f"target tokens must be a positive number, got {target_tokens!r}")
     if steps is not None and not (steps >= 0 and math.isfinite(steps)):
         raise InputError(f"steps must be a non-negative number, got {steps!r}")
     return ordered
+
+
+def _finite(number) -> bool:
+    try:
+        return math.isfinite(number)
+    except OverflowError:  # an int beyond float range
+        return False
 
 
 def _warn_on_eval_sets(ordered: Sequence[Mixture]) -> None:
@@ -361,7 +376,10 @@ def prediction_to_mixture(prediction: Prediction, inputs: List[dict], guards: Pr
     from .ddo import integer_tokens
 
     domains = list(prediction.weights)
-    rounded = integer_tokens(np.array([prediction.tokens[d] for d in domains]))
+    exact_total = prediction.total_tokens
+    if not (isinstance(exact_total, int) or float(exact_total).is_integer()):
+        exact_total = None  # a --steps prediction: its (rounded) sum
+    rounded = integer_tokens([prediction.tokens[d] for d in domains], exact_total)
     provenance = {
         "inputs": inputs, "budgets": prediction.budgets, "s": prediction.s,
         "coordinates": prediction.model.coordinates.tolist(),

@@ -245,3 +245,79 @@ def test_arbitrary_bytes_fail_cleanly(raw, tmp_path, capsys):
     code, _, err = _run(["ddo", "--runs", bad, "--out", tmp_path / "m.json"], capsys)
     assert code == 2
     _assert_clean_failure(code, err)
+
+
+# ------------------------------------------------------------ issue 11: flags and outputs
+
+from autoscale_ds.cli import parse_token_count, token_count_of  # noqa: E402
+from autoscale_ds.commands import check_output_file  # noqa: E402
+from autoscale_ds.ddo import DDOOptions  # noqa: E402
+from autoscale_ds.errors import InputError  # noqa: E402
+
+
+@pytest.mark.parametrize("text, count", [
+    ("10B", 10**10), ("1.5e9", 1_500_000_000), ("4.5M", 4_500_000), ("2T", 2 * 10**12),
+    ("1e20", 10**20), ("1e30", 10**30), ("1.25e21", 1_250_000_000_000_000_000_000),
+    ("123456789012345678901234567890123", 123456789012345678901234567890123), ("0.5", 0.5),
+])
+def test_token_counts_are_exact(text, count):
+    parsed = parse_token_count(text)
+    assert parsed == count and type(parsed) is type(count)
+
+
+@pytest.mark.parametrize("text", ["abc", "", "-5", "0", "10X", "1e301", "1e99999999", "nan"])
+def test_a_bad_token_count_inside_a_flag_names_the_flag(text):
+    with pytest.raises(InputError, match=r"^--available-tokens web: "):
+        token_count_of(text, "--available-tokens web")
+
+
+def test_a_bad_flag_is_one_error_line_not_a_usage_block(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["predict", "--mixture", "a.json", "--target-tokens", "lots", "--out", "b.json"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith("autoscale: error: predict: argument --target-tokens: not a token "
+                          "count: 'lots'") and "autoscale predict --help" in err
+
+
+def test_check_output_file_refuses_inputs_and_directories(tmp_path):
+    source = tmp_path / "in.json"
+    source.write_text("{}")
+    (tmp_path / "alias.json").symlink_to(source)
+    for out in (source, tmp_path / "alias.json", tmp_path / "x" / ".." / "in.json"):
+        with pytest.raises(InputError, match="is the input file"):
+            check_output_file(out, [source])
+    with pytest.raises(InputError, match="is a directory"):
+        check_output_file(tmp_path, [source])
+    with pytest.raises(InputError, match="in.json is not a directory"):
+        check_output_file(source / "out.json", [])
+    check_output_file(tmp_path / "new" / "out.json", [source])  # a fresh path is fine
+
+
+@pytest.mark.parametrize("weights, message", [
+    ({"web": -1.0, "code": 1.0}, "eval weight of 'web' must be a finite number >= 0"),
+    ({"web": float("inf")}, "eval weight of 'web' must be a finite number >= 0"),
+    ({"web": True}, "eval weight of 'web' must be a finite number >= 0"),
+    ({"web": "1"}, "eval weight of 'web' must be a finite number >= 0"),
+    ({"web": 0, "code": 0.0}, "at least one > 0"),
+    (["web"], "eval_weights must map eval domains to weights"),
+])
+def test_ddo_options_refuse_bad_eval_weights(weights, message):
+    with pytest.raises(InputError, match=message):
+        DDOOptions(eval_weights=weights)
+
+
+def test_ddo_eval_weights_shape_the_objective(tmp_path, capsys):
+    payload = make_runs(DOMAINS, [0.5, 1.0, 0.2], [0.8, 0.5, 1.2], [1e5] * 3)
+    for k, run in enumerate(payload["runs"]):
+        held_out = run["eval"].pop("held_out")
+        run["eval"] = {"web": held_out, "code": held_out * (1.0 + 0.05 * k)}
+    runs = tmp_path / "runs.json"
+    runs.write_text(json.dumps(payload))
+    ratios = {}
+    for name, flags in (("web", ["web=1", "code=0"]), ("mean", ["web=1", "code=1"])):
+        args = [arg for flag in flags for arg in ("--eval-weight", flag)]
+        code, _, err = _run(["ddo", "--runs", runs, "--out", tmp_path / f"{name}.json", *args], capsys)
+        assert code == 0, err
+        ratios[name] = json.loads((tmp_path / f"{name}.json").read_text())["provenance"]["ratios"]
+    assert ratios["web"] != pytest.approx(ratios["mean"], rel=1e-3)

@@ -180,3 +180,47 @@ def test_pipeline_max_epochs_becomes_ceilings_from_the_manifest(prepared, tmp_pa
     with pytest.raises(InputError, match="needs target_tokens"):
         guard_settings(PipelineConfig(manifest=config.manifest, output_dir=str(tmp_path),
                                       budgets=[1000, 2000], steps=1, predict={"max_epochs": 1}))
+
+
+# ---------------------------------------------- whole tokens at any size (issue 11, item 13)
+
+from autoscale_ds.ddo import integer_tokens  # noqa: E402
+from autoscale_ds.predict import prediction_to_mixture  # noqa: E402
+
+
+@pytest.mark.parametrize("target", [10**19, 10**20, 10**30, 12345678901234567890123, 4_500_001])
+def test_a_predicted_mixture_has_exactly_the_target_in_whole_tokens(target):
+    guards = PredictGuards()
+    mixture = prediction_to_mixture(predict([SMALL, LARGE], target_tokens=target, guards=guards),
+                                    [], guards)
+    assert mixture.total_tokens == target and sum(mixture.tokens.values()) == target
+    assert all(type(n) is int and n > 0 for n in mixture.tokens.values())
+    for domain, weight in mixture.weights.items():
+        assert mixture.tokens[domain] / target == pytest.approx(weight, rel=1e-12, abs=1.0 / target)
+
+
+def test_a_steps_prediction_rounds_to_its_own_total():
+    guards = PredictGuards()
+    prediction = predict([SMALL, LARGE], steps=1, guards=guards)
+    mixture = prediction_to_mixture(prediction, [], guards)
+    assert mixture.total_tokens == round(sum(prediction.tokens.values()))
+    assert sum(mixture.tokens.values()) == mixture.total_tokens
+
+
+@pytest.mark.parametrize("tokens, total, expected", [
+    ([0.6, 0.6, 0.6], None, [1, 1, 0]),             # rounded sum 2; ties go to the first
+    ([1.2, 2.7, 3.1], None, [1, 3, 3]),             # largest remainder gets the +1
+    ([1.0, 1.0, 1.0], 10**30, [333333333333333333333333333334, 333333333333333333333333333333,
+                               333333333333333333333333333333]),
+    ([1e19, 3e19], 4 * 10**19, [10**19, 3 * 10**19]),  # past int64: no wrap-around
+])
+def test_integer_tokens_is_exact_largest_remainder(tokens, total, expected):
+    rounded = integer_tokens(np.array(tokens), total)
+    assert rounded == expected and all(type(n) is int for n in rounded)
+
+
+def test_a_target_beyond_float_range_is_an_input_error():
+    with pytest.raises(InputError, match="target tokens must be a positive number"):
+        predict([SMALL, LARGE], target_tokens=10**400)
+    with pytest.raises(InputError, match="floating-point range"):
+        predict([SMALL, LARGE], steps=1e6)
