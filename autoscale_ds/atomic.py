@@ -3,9 +3,10 @@
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, List, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -65,3 +66,24 @@ def _fsync_directory(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+_TEMP_TAIL = re.compile(r"[a-z0-9_]{8}\.tmp")
+
+
+def stale_temp_files(path: PathLike) -> List[Path]:
+    """Temp files an interrupted write of ``path`` left beside it.
+
+    Both :func:`atomic_write_bytes` (``mkstemp``) and the token-store writer name their temp
+    files ``.NAME.XXXXXXXX.tmp`` next to the target; a SIGKILL skips their cleanup. Only the
+    caller knows that no writer of ``path`` is running: remove these only while holding the
+    lock that serialises the writers.
+    """
+    path = Path(path)
+    prefix = f".{path.name}."
+    try:
+        entries = list(path.parent.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(p for p in entries
+                  if p.name.startswith(prefix) and _TEMP_TAIL.fullmatch(p.name[len(prefix):]))

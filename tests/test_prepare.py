@@ -2,6 +2,7 @@
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -173,7 +174,7 @@ def test_binary_files_in_a_directory_are_skipped(tmp_path):
     (lambda d: DomainSpec("x", [str(_jsonl(d, [{"text": 5}, {"text": "b"}]))]),
      "field 'text' is int, not text"),
     (lambda d: _text_domain(d / "one", "x", ["only one document here"]), "at least 2 are needed"),
-    (lambda d: _text_domain(d / "blank", "x", ["", "   "]), "no non-empty train documents"),
+    (lambda d: _text_domain(d / "blank", "x", ["", "   "]), "the training split is empty"),
 ])
 def test_bad_inputs_give_clear_errors(tmp_path, make, message):
     good = _text_domain(tmp_path / "good", "good", _english(7, 4))
@@ -214,3 +215,236 @@ def test_cli_prepare_and_its_errors(tmp_path, capsys):
                  "--out-dir", str(tmp_path / "out2")])
     err = capsys.readouterr().err
     assert code == 2 and "matches no files" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------ Hugging Face datasets
+
+
+def _dataset_dict(directory: Path, splits: dict):
+    datasets = pytest.importorskip("datasets")
+    parts = {name: datasets.Dataset.from_dict({"text": texts, "id": list(range(len(texts)))})
+             for name, texts in splits.items()}
+    datasets.DatasetDict(parts).save_to_disk(str(directory))
+    return directory
+
+
+def test_a_dataset_dict_is_read_by_split_not_as_text_files(tmp_path):
+    train, valid = _english(10, 9), _english(11, 3)
+    saved = _dataset_dict(tmp_path / "dd", {"train": train, "validation": valid})
+    assert list(iter_documents(resolve(DomainSpec("d", [str(saved)])))) == train
+    chosen = DomainSpec("d", [str(saved)], split="validation")
+    assert list(iter_documents(resolve(chosen))) == valid
+    manifest = prepare(_config(tmp_path / "out", [DomainSpec("d", [str(saved)],
+                                                             valid_split="validation")]))
+    entry = manifest.domains["d"]
+    assert (entry.train.documents, entry.valid.documents) == (len(train), len(valid))
+    assert entry.sources == [str(saved / "train")]
+
+
+def test_the_only_split_of_a_dataset_dict_is_the_default(tmp_path):
+    texts = _english(12, 4)
+    saved = _dataset_dict(tmp_path / "dd", {"test": texts})
+    assert list(iter_documents(resolve(DomainSpec("d", [str(saved)])))) == texts
+
+
+@pytest.mark.parametrize("spec_kwargs, message", [
+    ({"split": "dev"}, "has no split 'dev' (splits: ['train', 'validation']); choose one with --split"),
+    ({"field": "body"}, "has no column 'body' (columns: ['text', 'id']); choose it with --field"),
+    ({"field": "id"}, "column 'id' holds Value('int64'), not text"),
+    ({"valid_split": "dev"}, "has no split 'dev' (splits: ['train', 'validation']); fix --valid-split"),
+    ({"valid_split": "train"}, "cannot be both the training split and the validation split"),
+])
+def test_dataset_dict_problems_name_splits_and_columns(tmp_path, spec_kwargs, message):
+    saved = _dataset_dict(tmp_path / "dd", {"train": ["a b"], "validation": ["c d"]})
+    with pytest.raises(InputError) as info:
+        resolve(DomainSpec("d", [str(saved)], **spec_kwargs))
+    assert message in str(info.value) and str(saved) in str(info.value)
+
+
+def test_dataset_dict_without_a_train_split_asks_for_one(tmp_path):
+    saved = _dataset_dict(tmp_path / "dd", {"a": ["x y"], "b": ["z"]})
+    with pytest.raises(InputError, match=r"has no split 'train' \(splits: \['a', 'b'\]\)"):
+        resolve(DomainSpec("d", [str(saved)]))
+
+
+def test_a_saved_dataset_inside_a_text_folder_is_refused(tmp_path):
+    _text_domain(tmp_path / "folder", "d", _english(13, 2))
+    _dataset_dict(tmp_path / "folder" / "nested", {"train": ["x"], "validation": ["y"]})
+    with pytest.raises(InputError, match="holds a datasets.save_to_disk directory"):
+        resolve(DomainSpec("d", [str(tmp_path / "folder")]))
+
+
+def test_a_single_saved_dataset_names_its_columns(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_dict({"body": ["x"]}).save_to_disk(str(tmp_path / "saved"))
+    with pytest.raises(InputError, match=r"has no column 'text' \(columns: \['body'\]\)"):
+        resolve(DomainSpec("d", [str(tmp_path / "saved")]))
+
+
+# ------------------------------------------------------------------------- encodings
+
+
+def _latin1_domain(directory: Path, **kwargs) -> DomainSpec:
+    spec = _text_domain(directory, "old", _english(14, 4))
+    (directory / "doc900.txt").write_bytes("café crème, déjà vu ".encode("latin-1") * 20)
+    (directory / "doc901.txt").write_bytes("naïve façade ".encode("latin-1") * 20)
+    for key, value in kwargs.items():
+        setattr(spec, key, value)
+    return spec
+
+
+def test_undecodable_text_stops_with_the_first_file_and_the_count(tmp_path):
+    spec = _latin1_domain(tmp_path / "old")
+    with pytest.raises(InputError) as info:
+        list(iter_documents(resolve(spec)))
+    message = str(info.value)
+    assert "doc900.txt is not utf-8 text (byte 0xe9" in message
+    assert "2 of 6 file(s)" in message and "--encoding" in message and "--on-decode-error" in message
+
+
+def test_the_encoding_can_be_named(tmp_path):
+    documents = list(iter_documents(resolve(_latin1_domain(tmp_path / "old", encoding="latin-1"))))
+    assert documents[-2].startswith("café crème") and "\ufffd" not in "".join(documents)
+
+
+@pytest.mark.parametrize("policy", ["skip", "replace"])
+def test_skipped_or_replaced_documents_are_counted_in_the_manifest(tmp_path, policy, caplog):
+    spec = _latin1_domain(tmp_path / "old", on_decode_error=policy)
+    with caplog.at_level(logging.WARNING):
+        manifest = prepare(_config(tmp_path / "out", [spec], valid_fraction=0.3))
+    report = load_manifest(tmp_path / "out").domains["old"].undecodable
+    assert report == {"documents": 2, "encoding": "utf-8", "on_decode_error": policy,
+                      "first": str(tmp_path / "old" / "doc900.txt")}
+    assert manifest.domains["old"].undecodable == report
+    assert "2 document(s) are not valid utf-8 text" in caplog.text
+    entry = manifest.domains["old"]
+    assert entry.train.documents + entry.valid.documents == (4 if policy == "skip" else 6)
+
+
+def test_clean_text_leaves_no_decode_report_in_the_manifest(tmp_path):
+    spec = _text_domain(tmp_path / "ok", "ok", _english(15, 4))
+    prepare(_config(tmp_path / "out", [spec]))
+    assert "undecodable" not in (tmp_path / "out" / "manifest.yaml").read_text()
+
+
+def test_a_binary_file_named_directly_is_not_text_in_any_encoding(tmp_path):
+    (tmp_path / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR")
+    spec = DomainSpec("b", [str(tmp_path / "image.png")], encoding="latin-1")
+    with pytest.raises(InputError, match=r"image.png is not latin-1 text \(it holds NUL"):
+        list(iter_documents(resolve(spec)))
+
+
+def test_a_bad_byte_in_jsonl_names_its_line(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(InputError, match=r"x.jsonl line 2 is not utf-8 text .*1 of 1 file"):
+        list(iter_documents(resolve(DomainSpec("j", [str(path)]))))
+    skipped = resolve(DomainSpec("j", [str(path)], on_decode_error="skip"))
+    assert list(iter_documents(skipped)) == ["fine", ""]  # positions kept for the split
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"encoding": "klingon"}, "unknown encoding 'klingon'"),
+    ({"on_decode_error": "ignore"}, "--on-decode-error must be one of ['error', 'skip', 'replace']"),
+])
+def test_decoding_settings_are_checked(tmp_path, kwargs, message):
+    spec = _text_domain(tmp_path / "d", "d", ["a", "b"])
+    with pytest.raises(InputError, match=re.escape(message)):
+        resolve(DomainSpec("d", spec.sources, **kwargs))
+
+
+# ------------------------------------------------------------ the output directory
+
+
+def _tokenizer_file(tmp_path: Path) -> str:
+    """A SentencePiece model trained once, so reruns share one tokenizer."""
+    seed = _text_domain(tmp_path / "seedtext", "s", _english(20, 12))
+    return str(prepare(_config(tmp_path / "tok", [seed])).root / "tokenizer/tokenizer.model")
+
+
+def _fixed(out, domains, tokenizer, **kwargs):
+    return _config(out, domains, train_vocab_size=None, tokenizer=tokenizer, **kwargs)
+
+
+def test_a_foreign_manifest_is_refused_unless_overwrite(tmp_path):
+    spec = _text_domain(tmp_path / "web", "web", _english(21, 6))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.yaml").write_text("name: somebody else's file\n")
+    with pytest.raises(InputError, match=r"manifest.yaml, which is not a manifest written by "
+                                         r"autoscale prepare.*--overwrite"):
+        prepare(_config(out, [spec]))
+    assert (out / "manifest.yaml").read_text() == "name: somebody else's file\n"
+    assert list(prepare(_config(out, [spec], overwrite=True)).domains) == ["web"]
+
+
+def test_a_foreign_store_is_refused_but_our_unlisted_one_is_not(tmp_path):
+    spec = _text_domain(tmp_path / "web", "web", _english(22, 6))
+    out = tmp_path / "out"
+    (out / "web").mkdir(parents=True)
+    (out / "web" / "train_text_document.bin").write_bytes(b"precious")
+    with pytest.raises(InputError, match=r"web/train_text_document.bin, not written by autoscale"):
+        prepare(_config(out, [spec]))
+    assert (out / "web" / "train_text_document.bin").read_bytes() == b"precious"
+    prepare(_config(out, [spec], overwrite=True))
+    # A run killed after writing its stores but before listing them: they are still ours.
+    (out / "manifest.yaml").unlink()
+    (spec_file := tmp_path / "web" / "doc000.txt").write_text(spec_file.read_text() + " more")
+    prepare(_config(out, [spec]))
+
+
+def test_domains_not_named_again_are_kept_or_dropped_explicitly(tmp_path):
+    tokenizer = _tokenizer_file(tmp_path)
+    web = _text_domain(tmp_path / "web", "web", _english(23, 6))
+    news = _text_domain(tmp_path / "news", "news", _english(24, 6))
+    out = tmp_path / "out"
+    prepare(_fixed(out, [web, news], tokenizer))
+    assert list(prepare(_fixed(out, [web], tokenizer)).domains) == ["news", "web"]
+    load_manifest(out).open_store("news").close()
+    with pytest.raises(InputError, match=r"also holds domain\(s\) \['news'\].*seed 0"):
+        prepare(_fixed(out, [web], tokenizer, seed=1))
+    assert list(prepare(_fixed(out, [web], tokenizer, drop_other_domains=True)).domains) == ["web"]
+    assert not (out / "news").exists()
+    assert list(load_manifest(out).domains) == ["web"]
+
+
+def test_a_retrained_tokenizer_does_not_keep_old_domains(tmp_path):
+    web = _text_domain(tmp_path / "web", "web", _english(25, 6))
+    news = _text_domain(tmp_path / "news", "news", _english(26, 6))
+    out = tmp_path / "out"
+    prepare(_config(out, [web, news]))
+    model = (out / "tokenizer/tokenizer.model").read_bytes()
+    with pytest.raises(InputError, match=r"\['news'\].*the tokenizer that this run trains anew"):
+        prepare(_config(out, [web]))
+    assert (out / "tokenizer/tokenizer.model").read_bytes() == model  # nothing replaced yet
+
+
+def test_temp_files_of_killed_runs_are_removed_and_nothing_else(tmp_path):
+    spec = _text_domain(tmp_path / "web", "web", _english(27, 6))
+    out = tmp_path / "out"
+    prepare(_config(out, [spec]))
+    stale = [out / "web" / ".train_text_document.bin.0a1b2c3d.tmp",
+             out / "web" / ".valid_text_document.idx.deadbeef.tmp",
+             out / ".manifest.yaml.k2_x9zq1.tmp", out / "gone" / ".train_text_document.bin.00ff00ff.tmp"]
+    kept = [out / "web" / "notes.tmp", out / "web" / ".train_text_document.bin.tmp",
+            out / ".other.yaml.abcdefgh.tmp"]
+    for path in stale + kept:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"x" * 100)
+    prepare(_config(out, [spec]))
+    assert not any(p.exists() for p in stale)
+    assert all(p.exists() for p in kept)
+
+
+def test_an_empty_validation_split_says_which_split_and_what_to_change(tmp_path):
+    from autoscale_ds.data.prepare import _valid_mask
+
+    texts = _english(28, 2)
+    held_out = int(np.flatnonzero(_valid_mask("d", 2, 0.2, 0))[0])
+    texts[held_out] = "   "
+    spec = _text_domain(tmp_path / "d", "d", texts)
+    with pytest.raises(InputError) as info:
+        prepare(_config(tmp_path / "out", [spec]))
+    message = str(info.value)
+    assert "the validation split is empty" in message and "training tokens in 1 documents" in message
+    assert "raise --valid-fraction (now 0.2)" in message and "has 0 tokens" not in message

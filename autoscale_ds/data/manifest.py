@@ -13,6 +13,8 @@ directory so a prepared directory can be moved or copied to a cluster as a whole
         valid: {prefix: web/valid_text_document, documents: 50, tokens: 65432}
         sources: [...]
         fingerprint: <sha256 of inputs, tokenizer and split settings>
+        undecodable: {documents: 3, encoding: utf-8, on_decode_error: skip, first: a.txt}
+                     # only when documents did not decode and were skipped or replaced
 """
 
 import math
@@ -43,6 +45,8 @@ class DomainEntry:
     valid: SplitEntry
     sources: List[str] = field(default_factory=list)
     fingerprint: str = ""
+    undecodable: Optional[Dict[str, Any]] = None
+    """Documents that did not decode and were skipped or replaced (None: there were none)."""
 
 
 @dataclass
@@ -74,8 +78,11 @@ class Manifest:
 
 
 def _domain_dict(entry: DomainEntry) -> dict:
-    return {split: dict(vars(getattr(entry, split))) for split in SPLITS} | {
+    payload = {split: dict(vars(getattr(entry, split))) for split in SPLITS} | {
         "sources": list(entry.sources), "fingerprint": entry.fingerprint}
+    if entry.undecodable:
+        payload["undecodable"] = dict(entry.undecodable)
+    return payload
 
 
 def save_manifest(manifest: Manifest, path: Optional[Path] = None) -> Path:
@@ -121,7 +128,11 @@ def _domain_entry(raw: Any, where: str) -> DomainEntry:
     sources = raw.get("sources", [])
     if not isinstance(sources, list):
         raise InputError(f"{where}: 'sources' must be a list")
-    return DomainEntry(*splits, [str(s) for s in sources], str(raw.get("fingerprint", "")))
+    undecodable = raw.get("undecodable")
+    if undecodable is not None and not isinstance(undecodable, dict):
+        raise InputError(f"{where}: 'undecodable' must be a mapping")
+    return DomainEntry(*splits, [str(s) for s in sources], str(raw.get("fingerprint", "")),
+                       undecodable)
 
 
 def _split_entry(raw: Any, where: str) -> SplitEntry:

@@ -2,18 +2,26 @@
 
 A source is a file, a directory (all files below it, sorted), or a glob. By suffix:
 ``.jsonl`` gives one document per line (a chosen field), ``.parquet`` and ``.arrow`` one
-per row, a directory saved by Hugging Face ``datasets.save_to_disk`` one per row of its
-Arrow files, and anything else is plain text, one document per file. Binary files found
+per row, and anything else is plain text, one document per file. A directory written by
+Hugging Face ``datasets.save_to_disk`` is opened with ``datasets.load_from_disk``: a
+``Dataset`` gives one document per row, a ``DatasetDict`` the rows of one split (``split``;
+another split can be the held-out validation set, ``valid_split``). Binary files found
 while walking a directory are skipped with a count in the log.
+
+Text is decoded with the domain's ``encoding`` (UTF-8 unless told). A document that does
+not decode, or a plain-text file holding NUL bytes (binary data named directly), is never
+changed silently: ``on_decode_error`` says whether to stop with an error naming the first
+such file and the count (the default), skip those documents, or substitute U+FFFD.
 """
 
+import codecs
 import glob
 import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence
+from typing import Iterator, List, Optional, Tuple
 
 from ..errors import InputError
 
@@ -21,6 +29,11 @@ logger = logging.getLogger(__name__)
 
 _BINARY_PROBE_BYTES = 8192
 _TABLE_SUFFIXES = (".parquet", ".arrow")
+_DATASET_BATCH_ROWS = 1024
+DEFAULT_ENCODING = "utf-8"
+DECODE_POLICIES = ("error", "skip", "replace")
+_DECODE_HELP = ("name the encoding with --encoding [DOMAIN=]ENCODING (e.g. latin-1), or pass "
+                "--on-decode-error skip (drop those documents) or replace (substitute U+FFFD)")
 
 
 @dataclass
@@ -35,6 +48,15 @@ class DomainSpec:
     valid_sources: Optional[List[str]] = None
     """Held-out documents given explicitly: then ``sources`` are all training text and no
     documents are drawn at random for validation."""
+    encoding: str = DEFAULT_ENCODING
+    """Encoding of plain-text and JSONL files."""
+    on_decode_error: str = "error"
+    """What a document that does not decode does: "error", "skip" or "replace"."""
+    split: Optional[str] = None
+    """Split of ``DatasetDict`` sources to read (default: "train", or the only split)."""
+    valid_split: Optional[str] = None
+    """Split of the same ``DatasetDict`` sources held out for validation (default: none,
+    a seeded random share of ``split`` is held out)."""
 
 
 @dataclass
@@ -47,6 +69,9 @@ class ResolvedDomain:
     def fingerprint(self) -> str:
         """Changes when any input file is added, removed, resized or touched, or the field."""
         digest = hashlib.sha256(self.spec.field.encode())
+        # Only non-default decoding enters the digest: existing fingerprints stay valid.
+        if (self.spec.encoding, self.spec.on_decode_error) != (DEFAULT_ENCODING, "error"):
+            digest.update(f"\0{self.spec.encoding}\0{self.spec.on_decode_error}\n".encode())
         for path in self.files:
             digest.update(_file_stamp(path))
         if self.valid_files is not None:
@@ -61,6 +86,8 @@ class ResolvedDomain:
 
 
 def _file_stamp(path: Path) -> bytes:
+    if path.is_dir():  # a saved dataset: its files change, not the directory's own stamp
+        return b"".join(_file_stamp(p) for p in sorted(path.rglob("*")) if p.is_file())
     stat = path.stat()
     return f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
 
@@ -69,31 +96,67 @@ def resolve(spec: DomainSpec) -> ResolvedDomain:
     """Expand every source of a domain into files; problems name the domain and source."""
     if not spec.sources:
         raise InputError(f"domain {spec.name!r} has no sources")
+    _check_decoding(spec)
     files: List[Path] = []
     for source in spec.sources:
-        files.extend(_expand(spec.name, source))
+        files.extend(_expand(spec, source))
     valid_files = None
     if spec.valid_sources is not None:
         if not spec.valid_sources:
             raise InputError(f"domain {spec.name!r} has an empty list of validation sources")
+        if spec.valid_split is not None:
+            raise InputError(f"domain {spec.name!r}: give validation sources or a validation "
+                             "split (--valid-split), not both")
         valid_files = list(dict.fromkeys(p for s in spec.valid_sources
-                                         for p in _expand(spec.name, s)))
-    return ResolvedDomain(spec, list(dict.fromkeys(files)), valid_files)
+                                         for p in _expand(spec, s)))
+    elif spec.valid_split is not None:
+        valid_files = _valid_split_dirs(spec)
+    files = list(dict.fromkeys(files))
+    _check_jsonl_encoding(spec, files + (valid_files or []))
+    return ResolvedDomain(spec, files, valid_files)
 
 
-def _expand(domain: str, source: str) -> List[Path]:
+def _check_decoding(spec: DomainSpec) -> None:
+    try:
+        codecs.lookup(spec.encoding)
+    except LookupError:
+        raise InputError(f"domain {spec.name!r}: unknown encoding {spec.encoding!r} (--encoding; "
+                         "e.g. utf-8, latin-1, cp1252, utf-16)") from None
+    if spec.on_decode_error not in DECODE_POLICIES:
+        raise InputError(f"domain {spec.name!r}: --on-decode-error must be one of "
+                         f"{list(DECODE_POLICIES)}, got {spec.on_decode_error!r}")
+
+
+def _check_jsonl_encoding(spec: DomainSpec, files: List[Path]) -> None:
+    # JSONL is split into lines as bytes, which needs "\n" to be the byte 0x0a.
+    sample = b'{"a": 1}\n'
+    try:
+        ascii_compatible = sample.decode(spec.encoding) == sample.decode("ascii")
+    except UnicodeDecodeError:
+        ascii_compatible = False
+    jsonl = [p for p in files if p.suffix == ".jsonl"]
+    if jsonl and not ascii_compatible:
+        raise InputError(f"domain {spec.name!r}: JSONL source {jsonl[0]} cannot be read as "
+                         f"{spec.encoding!r}; JSONL needs an ASCII-compatible encoding "
+                         "(utf-8, latin-1, cp1252, ...)")
+
+
+def _expand(spec: DomainSpec, source: str) -> List[Path]:
     path = Path(source)
     if path.is_dir():
+        if _is_dataset_dict(path):
+            return [_dataset_split_dir(spec, path)]
         if _is_saved_dataset(path):
+            _check_dataset_column(spec, path)
             return [path]
-        return _text_files_under(domain, path)
+        return _text_files_under(spec.name, path)
     if path.is_file():
         return [path]
     matches = sorted(Path(p) for p in glob.glob(source, recursive=True))
     files = [p for p in matches if p.is_file()]
     if not files:
-        raise InputError(f"domain {domain!r}: source {source!r} is not a file or directory and "
-                         "matches no files")
+        raise InputError(f"domain {spec.name!r}: source {source!r} is not a file or directory "
+                         "and matches no files")
     return files
 
 
@@ -101,12 +164,17 @@ def _is_saved_dataset(path: Path) -> bool:
     return (path / "state.json").is_file() and (path / "dataset_info.json").is_file()
 
 
+def _is_dataset_dict(path: Path) -> bool:
+    return (path / "dataset_dict.json").is_file()
+
+
 def _text_files_under(domain: str, directory: Path) -> List[Path]:
     files, skipped = [], 0
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
         if any(part.startswith(".") for part in path.relative_to(directory).parts):
             continue  # .git, .cache and friends are never documents
-        if path.suffix in (".jsonl", *_TABLE_SUFFIXES) or not _looks_binary(path):
+        _refuse_nested_dataset(domain, directory, path)
+        if path.suffix in (".jsonl", *_TABLE_SUFFIXES) or not _looks_binary(domain, path):
             files.append(path)
         else:
             skipped += 1
@@ -117,54 +185,246 @@ def _text_files_under(domain: str, directory: Path) -> List[Path]:
     return files
 
 
-def _looks_binary(path: Path) -> bool:
-    with open(path, "rb") as handle:
-        return b"\0" in handle.read(_BINARY_PROBE_BYTES)
+def _refuse_nested_dataset(domain: str, directory: Path, path: Path) -> None:
+    # Its JSON metadata would become documents and its splits would be merged.
+    if path.name in ("dataset_dict.json", "state.json") and \
+            (_is_dataset_dict(path.parent) or _is_saved_dataset(path.parent)):
+        raise InputError(f"domain {domain!r}: {directory} holds a datasets.save_to_disk "
+                         f"directory, {path.parent}; name that directory as a source of its own")
+
+
+def _looks_binary(domain: str, path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return b"\0" in handle.read(_BINARY_PROBE_BYTES)
+    except OSError as exc:
+        raise _unreadable(domain, path, exc) from None
+
+
+def _unreadable(domain: str, path: Path, exc: OSError) -> InputError:
+    return InputError(f"domain {domain!r}: cannot read {path}: {exc.strerror or exc}")
+
+
+# ------------------------------------------------------------ Hugging Face datasets
+
+
+def _dataset_split_dir(spec: DomainSpec, directory: Path) -> Path:
+    """The saved ``Dataset`` of the chosen split of a ``DatasetDict`` directory."""
+    splits = _dataset_splits(spec.name, directory)
+    split = _training_split(spec, directory, splits)
+    unused = [s for s in splits if s not in (split, spec.valid_split)]
+    if spec.valid_split is None and unused:
+        logger.info("domain %r: %s also has split(s) %s; --valid-split NAME holds one out for "
+                    "validation instead of a random share of %r", spec.name, directory, unused,
+                    split)
+    dataset = _load_dataset(spec.name, directory)[split]
+    _check_text_column(spec, directory / split, dataset)
+    return directory / split
+
+
+def _training_split(spec: DomainSpec, directory: Path, splits: List[str]) -> str:
+    split = spec.split
+    if split is None:
+        split = "train" if "train" in splits or len(splits) != 1 else splits[0]
+    if split not in splits:
+        raise InputError(f"domain {spec.name!r}: {directory} has no split {split!r} (splits: "
+                         f"{splits}); choose one with --split")
+    return split
+
+
+def _valid_split_dirs(spec: DomainSpec) -> List[Path]:
+    directories = [Path(s) for s in spec.sources if _is_dataset_dict(Path(s))]
+    if not directories:
+        raise InputError(f"domain {spec.name!r}: --valid-split {spec.valid_split!r} needs a "
+                         "DatasetDict source (a datasets.save_to_disk directory with splits)")
+    chosen = []
+    for directory in directories:
+        splits = _dataset_splits(spec.name, directory)
+        if spec.valid_split not in splits:
+            raise InputError(f"domain {spec.name!r}: {directory} has no split "
+                             f"{spec.valid_split!r} (splits: {splits}); fix --valid-split")
+        if spec.valid_split == _training_split(spec, directory, splits):
+            raise InputError(f"domain {spec.name!r}: split {spec.valid_split!r} of {directory} "
+                             "cannot be both the training split and the validation split")
+        _check_text_column(spec, directory / spec.valid_split,
+                           _load_dataset(spec.name, directory)[spec.valid_split])
+        chosen.append(directory / spec.valid_split)
+    return chosen
+
+
+def _dataset_splits(domain: str, directory: Path) -> List[str]:
+    return list(_load_dataset(domain, directory).keys())
+
+
+def _load_dataset(domain: str, directory: Path):
+    """``datasets.load_from_disk``: memory-maps the Arrow files, reads no rows yet."""
+    try:
+        import datasets
+    except ImportError:
+        raise InputError(f"domain {domain!r}: reading the datasets.save_to_disk directory "
+                         f"{directory} needs `datasets`: pip install 'autoscale-ds[hf]'") from None
+    try:
+        return datasets.load_from_disk(str(directory))
+    except (OSError, ValueError, KeyError) as exc:  # pyarrow's errors derive from these
+        raise InputError(f"domain {domain!r}: cannot load the saved dataset {directory}: "
+                         f"{exc}") from None
+
+
+def _check_dataset_column(spec: DomainSpec, directory: Path) -> None:
+    _check_text_column(spec, directory, _load_dataset(spec.name, directory))
+
+
+def _check_text_column(spec: DomainSpec, where: Path, dataset) -> None:
+    if spec.field not in dataset.column_names:
+        raise InputError(f"domain {spec.name!r}: {where} has no column {spec.field!r} "
+                         f"(columns: {dataset.column_names}); choose it with --field")
+    dtype = getattr(dataset.features[spec.field], "dtype", None)
+    if dtype not in ("string", "large_string"):
+        raise InputError(f"domain {spec.name!r}: {where}: column {spec.field!r} holds "
+                         f"{dataset.features[spec.field]}, not text; choose a text column with "
+                         "--field")
+
+
+def _dataset_documents(domain: "ResolvedDomain", directory: Path) -> Iterator[str]:
+    key = domain.spec.field
+    dataset = _load_dataset(domain.spec.name, directory).select_columns([key])
+    row = 0
+    for table in dataset.with_format("arrow").iter(batch_size=_DATASET_BATCH_ROWS):
+        for value in table.column(key).to_pylist():
+            if value is None:
+                raise InputError(f"domain {domain.spec.name!r}: {directory}: row {row} has no "
+                                 f"text in column {key!r} (null)")
+            yield value
+            row += 1
 
 
 # ------------------------------------------------------------------------- reading
+
+
+@dataclass
+class DecodeTally:
+    """Documents that did not decode and were skipped or replaced, for the log and manifest."""
+
+    documents: int = 0
+    first: Optional[str] = None
+
+    def record(self, where: str) -> None:
+        self.documents += 1
+        self.first = self.first or where
 
 
 def count_documents(domain: ResolvedDomain) -> int:
     return sum(_count_in_file(domain, path) for path in domain.files)
 
 
-def iter_documents(domain: ResolvedDomain) -> Iterator[str]:
-    """Every document of the domain as text, in a fixed order."""
+def iter_documents(domain: ResolvedDomain, tally: Optional[DecodeTally] = None) -> Iterator[str]:
+    """Every document of the domain as text, in a fixed order. A skipped undecodable document
+    is an empty string, so positions match ``count_documents``."""
     for path in domain.files:
-        yield from _documents_in_file(domain, path)
+        yield from _documents_in_file(domain, path, tally)
 
 
 def _count_in_file(domain: ResolvedDomain, path: Path) -> int:
-    if path.is_dir() or path.suffix in _TABLE_SUFFIXES:
+    if path.is_dir():
+        return _load_dataset(domain.spec.name, path).num_rows
+    if path.suffix in _TABLE_SUFFIXES:
         return sum(batch.num_rows for batch in _arrow_batches(domain, path))
     if path.suffix == ".jsonl":
-        with open(path, "rb") as handle:
-            return sum(1 for line in handle if line.strip())
+        try:
+            with open(path, "rb") as handle:
+                return sum(1 for line in handle if line.strip())
+        except OSError as exc:
+            raise _unreadable(domain.spec.name, path, exc) from None
     return 1
 
 
-def _documents_in_file(domain: ResolvedDomain, path: Path) -> Iterator[str]:
-    if path.is_dir() or path.suffix in _TABLE_SUFFIXES:
+def _documents_in_file(domain: ResolvedDomain, path: Path,
+                       tally: Optional[DecodeTally]) -> Iterator[str]:
+    if path.is_dir():
+        yield from _dataset_documents(domain, path)
+    elif path.suffix in _TABLE_SUFFIXES:
         yield from _table_documents(domain, path)
     elif path.suffix == ".jsonl":
-        yield from _jsonl_documents(domain, path)
+        yield from _jsonl_documents(domain, path, tally)
     else:
-        yield path.read_text(encoding="utf-8", errors="replace")
+        yield _decode(domain, _read_bytes(domain, path), str(path), tally, is_file=True)
 
 
-def _jsonl_documents(domain: ResolvedDomain, path: Path) -> Iterator[str]:
+def _read_bytes(domain: ResolvedDomain, path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise _unreadable(domain.spec.name, path, exc) from None
+
+
+def _decoded(raw: bytes, encoding: str, is_file: bool) -> Tuple[str, Optional[str]]:
+    """``(text, None)``, or ``("", why raw is not text in encoding)``."""
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        return "", f"byte 0x{raw[exc.start]:02x} at offset {exc.start} is not valid {encoding}"
+    if is_file and "\0" in text:
+        return "", "it holds NUL characters (binary data?)"
+    return text, None
+
+
+def _decode(domain: ResolvedDomain, raw: bytes, where: str, tally: Optional[DecodeTally],
+            is_file: bool) -> str:
+    encoding, policy = domain.spec.encoding, domain.spec.on_decode_error
+    text, problem = _decoded(raw, encoding, is_file)
+    if problem is None:
+        return text
+    if policy == "error":
+        raise _decode_error(domain, where, problem)
+    if tally is not None:
+        tally.record(where)
+    return "" if policy == "skip" else raw.decode(encoding, errors="replace")
+
+
+def _decode_error(domain: ResolvedDomain, where: str, problem: str) -> InputError:
+    every = domain.files + (domain.valid_files or [])
+    bad = sum(1 for path in every if _file_has_decode_problem(domain, path))
+    return InputError(f"domain {domain.spec.name!r}: {where} is not {domain.spec.encoding} text "
+                      f"({problem}); {bad} of {len(every)} file(s) of this domain have such "
+                      f"problems; {_DECODE_HELP}")
+
+
+def _file_has_decode_problem(domain: ResolvedDomain, path: Path) -> bool:
+    encoding = domain.spec.encoding
+    if path.is_dir() or path.suffix in _TABLE_SUFFIXES:
+        return False  # Arrow strings are UTF-8 by construction
+    if path.suffix == ".jsonl":
+        try:
+            with open(path, "rb") as handle:
+                return any(_decoded(line, encoding, False)[1] for line in handle)
+        except OSError as exc:
+            raise _unreadable(domain.spec.name, path, exc) from None
+    return _decoded(_read_bytes(domain, path), encoding, True)[1] is not None
+
+
+def _jsonl_documents(domain: ResolvedDomain, path: Path,
+                     tally: Optional[DecodeTally]) -> Iterator[str]:
     name, key = domain.spec.name, domain.spec.field
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
+    try:
+        handle = open(path, "rb")
+    except OSError as exc:
+        raise _unreadable(name, path, exc) from None
+    with handle:
+        # Bytes, not text mode: a bad byte names its line, and blank lines are the ones
+        # count_documents skips.
+        for line_number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            where = f"{path} line {line_number}"
+            line = _decode(domain, raw, where, tally, is_file=False)
+            if not line:
+                yield ""  # skipped: keeps the positions of the held-out choice
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise InputError(f"domain {name!r}: {path} line {line_number}: not valid JSON "
-                                 f"({exc.msg})") from None
-            yield _text_field(record, key, f"domain {name!r}: {path} line {line_number}")
+                raise InputError(f"domain {name!r}: {where}: not valid JSON ({exc.msg})") from None
+            yield _text_field(record, key, f"domain {name!r}: {where}")
 
 
 def _text_field(record, key: str, where: str) -> str:
@@ -203,20 +463,12 @@ def _arrow_batches(domain: ResolvedDomain, path: Path):
 
 
 def _read_arrow(path: Path):
-    import pyarrow.ipc
     import pyarrow.parquet
 
     if path.suffix == ".parquet":
         yield from pyarrow.parquet.ParquetFile(path).iter_batches()
         return
-    files = _saved_dataset_files(path) if path.is_dir() else [path]
-    for file in files:
-        yield from _arrow_file_batches(file)
-
-
-def _saved_dataset_files(directory: Path) -> Sequence[Path]:
-    state = json.loads((directory / "state.json").read_text(encoding="utf-8"))
-    return [directory / entry["filename"] for entry in state.get("_data_files", [])]
+    yield from _arrow_file_batches(path)
 
 
 def _arrow_file_batches(file: Path):
