@@ -79,7 +79,7 @@ def test_a_holder_that_cannot_be_checked_is_refused_with_the_file_to_remove(tmp_
     owner = tmp_path / ".lock.owner"
     owner.write_text(json.dumps(content) if content else "{not json")
     before = owner.read_bytes()
-    with pytest.raises(InputError, match=r"in use by another orchestrator \((pid 1234 on login-07 since "
+    with pytest.raises(InputError, match=r"in use by another autoscale run \((pid 1234 on login-07 since "
                                          r"2026-01-01 00:00:00|unknown process)\).*remove the file"):
         DirectoryLock(tmp_path).acquire()
     assert owner.read_bytes() == before

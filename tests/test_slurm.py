@@ -6,6 +6,7 @@ starts for the session (and stops afterwards). Otherwise they are skipped with t
 Rendering and input-error tests run everywhere.
 """
 
+import argparse
 import json
 import logging
 import os
@@ -152,7 +153,151 @@ def test_pretrain_template_renders_valid_bash(tmp_path, mode):
                  '--node_rank "$SLURM_NODEID" --rdzv_endpoint "$MASTER_ADDR:$MASTER_PORT"'):
         assert line in text
     if mode == "megatron":
-        assert "DATA_ARGS_PATH=/data/blend.txt" in text and "--data-args-path" in text
+        assert "DATA_ARGS_PATH=/data/blend.txt" in text and "--data-args-path" in text and "SPLIT=969,30,1\n" in text
+    else:  # the installed module, not a file of the source tree
+        assert "-m autoscale_ds.train.launch" in text and "launchers/train.py\"" not in text
+
+
+# --- the Megatron-LM command the pretraining job runs ------------------------------------------
+
+FAKE_SRUN = """#!/bin/bash
+# Stands in for srun on one node: drop srun's own options and run the command here.
+while [[ "$1" == --* ]]; do shift; done
+exec "$@"
+"""
+FAKE_PYTHON = """#!/bin/bash
+# Stands in for the job's interpreter: records the argv it was given, NUL-separated.
+printf '%s\\0' "$@" > "$ARGV_FILE"
+"""
+
+
+def _job_argv(script: Path, tmp_path: Path) -> list:
+    """Run a rendered job script as SLURM would on one node, with srun, scontrol and the
+    interpreter stood in for: the argv the interpreter gets (torchrun's, then the entry's)."""
+    record = tmp_path / "argv.bin"
+    env = dict(os.environ, SLURM_JOB_NODELIST="node0", SLURM_JOB_ID="4242", SLURM_NNODES="1",
+               SLURM_NODEID="0", ARGV_FILE=str(record),
+               PATH=os.pathsep.join([str(tmp_path / "bin"), os.environ["PATH"]]))
+    subprocess.run(["bash", str(script)], check=True, env=env, cwd=tmp_path, timeout=60)
+    return record.read_bytes().decode().split("\0")[:-1]
+
+
+def _fake_tools(tmp_path: Path) -> Path:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name, text in {"srun": FAKE_SRUN, "python": FAKE_PYTHON, "scontrol": "#!/bin/bash\necho node0\n"}.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    return bin_dir / "python"
+
+
+def _megatron_command(tmp_path: Path, megatron_args: str, **settings) -> list:
+    """pretrain_gpt.py's arguments in the job that write_pretrain_script renders."""
+    python = _fake_tools(tmp_path)
+    blend = tmp_path / "blend.txt"  # as `autoscale export --format megatron-data-args` writes it
+    blend.write_text("0.7 /data/web_text_document\n0.3 /data/code_text_document\n")
+    script = write_pretrain_script(tmp_path / "pretrain.sbatch", mode="megatron", nodes=1, gpus_per_node=0,
+                                   megatron_dir="/opt/Megatron-LM", data_args_path=str(blend),
+                                   megatron_args=megatron_args, python=str(python), **settings)
+    argv = _job_argv(script, tmp_path)
+    return argv[argv.index("/opt/Megatron-LM/pretrain_gpt.py") + 1:]
+
+
+def _blend_config(command: list):
+    """Megatron-LM's path from the command to the dataset config, through megatron-core's own
+    code: the --data-args-path file read and split on whitespace, get_blend_from_list, and
+    BlendedMegatronDatasetConfig, which checks blend and split."""
+    core_utils = pytest.importorskip("megatron.core.datasets.utils")
+    config = pytest.importorskip("megatron.core.datasets.blended_megatron_dataset_config")
+    parser = argparse.ArgumentParser(allow_abbrev=False)
+    parser.add_argument("--data-args-path")
+    parser.add_argument("--split")
+    args, _ = parser.parse_known_args(command)
+    with open(args.data_args_path, encoding="utf-8") as handle:
+        blend = core_utils.get_blend_from_list(handle.read().split())
+    return config.BlendedMegatronDatasetConfig(random_seed=1234, sequence_length=64, blend=blend,
+                                               split=args.split)
+
+
+def test_pretrain_megatron_command_gives_megatron_a_split(tmp_path):
+    command = _megatron_command(tmp_path, "--num-layers 2 --save '/ckpt/run 1'")
+    assert command[:4] == ["--num-layers", "2", "--save", "/ckpt/run 1"]
+    assert command.count("--split") == 1 and command[command.index("--split") + 1] == "969,30,1"
+    config = _blend_config(command)
+    assert config.blend == (["/data/web_text_document", "/data/code_text_document"], [0.7, 0.3])
+    assert config.split_matrix == [(0, 0.969), (0.969, 0.999), (0.999, 1.0)]
+    # The same command without --split is what the job ran before: upstream refuses it.
+    i = command.index("--split")
+    with pytest.raises(AssertionError, match="split must be provided when blend is not None"):
+        _blend_config(command[:i] + command[i + 2:])
+
+
+@pytest.mark.parametrize("given", [["--split", "98,2,0"], ["--split=98,2,0"]])
+def test_pretrain_megatron_command_keeps_the_users_split(tmp_path, given):
+    command = _megatron_command(tmp_path, " ".join(["--num-layers 2", *given]), split="90,10,0")
+    assert [a for a in command if a.startswith("--split")] == given[:1]
+    assert _blend_config(command).split_matrix == [(0, 0.98), (0.98, 1.0), None]  # no test split
+
+
+def test_pretrain_megatron_split_setting(tmp_path):
+    command = _megatron_command(tmp_path, "--num-layers 2", split="99,1,0")
+    assert command[command.index("--split") + 1] == "99,1,0"
+
+
+def test_pretrain_megatron_command_parses_with_megatron_lm(tmp_path):
+    """Megatron-LM's own parser and blend reader, when a checkout is given."""
+    checkout = os.environ.get("AUTOSCALE_MEGATRON_LM")
+    if not checkout:
+        pytest.skip("set AUTOSCALE_MEGATRON_LM to a Megatron-LM checkout to parse with its arguments.py")
+    command = _megatron_command(tmp_path, "--num-layers 2 --hidden-size 64 --num-attention-heads 4 "
+                                "--seq-length 64 --max-position-embeddings 64 --micro-batch-size 1")
+    # Megatron-LM (since mid-2026) imports typing.override, new in Python 3.12, on the way to
+    # arguments.py (megatron.training.models). At run time it is only a marker decorator (PEP 698):
+    # on an older Python give typing the identical typing_extensions.override (a torch dependency)
+    # so the real parser runs; on 3.12+ nothing is touched.
+    code = ("import json, sys, typing\n"
+            "if not hasattr(typing, 'override'):\n"
+            "    import typing_extensions\n"
+            "    typing.override = typing_extensions.override\n"
+            "from megatron.training.arguments import parse_args\n"
+            "sys.argv = ['pretrain_gpt.py'] + json.loads(sys.argv[1])\n"
+            "args = parse_args()\n"
+            "print(json.dumps({'split': args.split, 'data_args_path': args.data_args_path}))\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([checkout, str(ROOT)]))
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(command)], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen == {"split": "969,30,1", "data_args_path": str(tmp_path / "blend.txt")}
+    parsed = ["--data-args-path", seen["data_args_path"], "--split", seen["split"]]
+    assert _blend_config(parsed).split_matrix == [(0, 0.969), (0.969, 0.999), (0.999, 1.0)]
+
+
+def test_templates_are_package_data_and_launchers_links_to_them():
+    from importlib.resources import files
+
+    packaged = files("autoscale_ds.orchestrate").joinpath("templates")
+    names = sorted(entry.name for entry in packaged.iterdir() if entry.name.endswith(".sbatch"))
+    assert names == ["pretrain_multinode.sbatch", "proxy_array.sbatch"]
+    for name in names:  # one source of truth: launchers/slurm/ holds links, not copies
+        link = ROOT / "launchers" / "slurm" / name
+        assert link.is_symlink() and link.resolve() == (ROOT / "autoscale_ds" / "orchestrate" / "templates" / name)
+
+
+def test_a_customised_template_is_used_and_a_missing_one_is_an_input_error(tmp_path):
+    custom = tmp_path / "mine.sbatch"
+    custom.write_text("#!/bin/bash\n#SBATCH --nodes={{nodes}}\necho {{mode}}\n")
+    text = render_pretrain_script(str(custom), mode="autoscale", train_config="t.yaml", nodes=3)
+    assert text == "#!/bin/bash\n#SBATCH --nodes=3\necho autoscale\n"
+    with pytest.raises(InputError, match=r"SLURM template \S*nope.sbatch: cannot read .*leave it out"):
+        render_pretrain_script(str(tmp_path / "nope.sbatch"), mode="autoscale", train_config="t.yaml")
+    with pytest.raises(InputError, match=r"template '\S*nope.sbatch' is not a readable file"):
+        SlurmExecutor(template=str(tmp_path / "nope.sbatch"))  # refused with the settings, before any run
+    mine = tmp_path / "my_array.sbatch"
+    mine.write_text("#SBATCH --array={{array}}\n")
+    assert SlurmExecutor(template=str(mine)).render(tmp_path / "slurm", tmp_path / "r.txt", 4) == "#SBATCH --array=0-3\n"
+    with pytest.raises(InputError, match=r"mine.sbatch: unknown placeholder \{\{nodes\}\}"):
+        SlurmExecutor(template=str(custom)).render(tmp_path / "slurm", tmp_path / "r.txt", 1)
 
 
 def test_bad_settings_are_input_errors(tmp_path):
@@ -166,6 +311,8 @@ def test_bad_settings_are_input_errors(tmp_path):
         render_pretrain_script(mode="megatron", data_args_path="x")
     with pytest.raises(InputError, match="mode must be megatron or autoscale"):
         render_pretrain_script(mode="nemo", train_config="x")
+    with pytest.raises(InputError, match=r"split must be 1 to 3 comma-separated proportions .*'90/10'"):
+        render_pretrain_script(mode="megatron", megatron_dir="m", data_args_path="x", split="90/10")
 
 
 def test_missing_sbatch_is_a_clear_input_error(prepared, tmp_path, monkeypatch):

@@ -58,7 +58,7 @@ class DirectoryLock:
         except BlockingIOError:
             holder = _describe(_read_json(self.path))
             handle.close()
-            raise InputError(f"{self.path.parent} is in use by another orchestrator ({holder}); "
+            raise InputError(f"{self.path.parent} is in use by another autoscale run ({holder}); "
                              "wait for it to finish or stop it, then rerun") from None
         except OSError as exc:
             handle.close()
@@ -98,10 +98,10 @@ class DirectoryLock:
             return  # released meanwhile
         if not (holder and holder.get("host") == socket.gethostname() and not _alive(holder.get("pid"))):
             raise InputError(
-                f"{self.owner_path.parent} is in use by another orchestrator ({_describe(holder)}) "
+                f"{self.owner_path.parent} is in use by another autoscale run ({_describe(holder)}) "
                 f"per the lock file {self.owner_path} (the lock where flock is unavailable or "
                 f"{LOCK_KIND_ENV}=file), which an orchestrator killed outright leaves behind: "
-                "once no orchestrator runs on that directory, remove the file and rerun")
+                "once no autoscale run uses that directory, remove the file and rerun")
         stale = self.owner_path.with_name(f".lock.stale.{os.getpid()}")
         try:
             os.replace(self.owner_path, stale)
