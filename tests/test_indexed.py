@@ -95,6 +95,36 @@ def test_store_access(tmp_path):
     assert "closed" in repr(store)
 
 
+@pytest.mark.parametrize("dtype, docs, expected", [
+    (np.uint16, [[5, 9, 2], [], [65535, 0]], (0, 65535)),
+    (np.int32, [[7, -3], [1 << 30]], (-3, 1 << 30)),
+    (np.uint16, [[], []], (0, -1)),
+])
+def test_token_id_range_scans_in_chunks(tmp_path, monkeypatch, dtype, docs, expected):
+    from autoscale_ds.data import indexed
+
+    monkeypatch.setattr(indexed, "_ID_SCAN_CHUNK_TOKENS", 2)  # several chunks, one partial
+    monkeypatch.setattr(indexed, "_ID_RANGE_CACHE", {})
+    store = build_store(tmp_path / "s", docs, dtype)
+    assert store.token_id_range() == expected
+
+
+def test_token_id_range_is_remembered_until_the_file_changes(tmp_path, monkeypatch):
+    from autoscale_ds.data import indexed
+
+    monkeypatch.setattr(indexed, "_ID_RANGE_CACHE", {})
+    scans = []
+    real_scan = indexed._scan_id_range
+    monkeypatch.setattr(indexed, "_scan_id_range", lambda tokens: scans.append(1) or real_scan(tokens))
+    build_store(tmp_path / "s", [[1, 2, 3]], np.uint16)
+    assert IndexedTokenStore(tmp_path / "s").token_id_range() == (1, 3)
+    assert IndexedTokenStore(tmp_path / "s").token_id_range() == (1, 3)
+    assert len(scans) == 1  # a second opening of the same store reads no tokens
+    build_store(tmp_path / "s", [[4, 700]], np.uint16)  # rewritten: new size and mtime
+    assert IndexedTokenStore(tmp_path / "s").token_id_range() == (4, 700)
+    assert len(scans) == 2
+
+
 def test_optimal_token_dtype():
     assert optimal_token_dtype(50257) == np.uint16
     assert optimal_token_dtype(65499) == np.uint16

@@ -166,3 +166,94 @@ def test_unknown_domain_and_unknown_setting_are_named(tmp_path, prepared):
     typo = _config(tmp_path, prepared, "typo", learning_rat=0.1)
     result = _train(typo, launcher=[sys.executable], check=False)
     assert result.returncode == 2 and "learning_rat" in result.stderr
+
+
+def _truncate_model_states(tag_dir: Path) -> Path:
+    path = tag_dir / "mp_rank_00_model_states.pt"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # as when the disk filled during the save
+    return path
+
+
+def test_truncated_latest_checkpoint_falls_back_to_the_one_before(tmp_path, prepared):
+    budget = {"code": 16 * SEQ_LEN, "docstrings": 16 * SEQ_LEN, "comments": 16 * SEQ_LEN}
+    config = _config(tmp_path, prepared, "ckpt", tokens_per_domain=budget, checkpoint_interval_steps=2)
+    _train(config, launcher=[sys.executable])
+    expected = _row(config)["step_losses"]
+    checkpoints = tmp_path / "ckpt" / "checkpoints"
+    assert (checkpoints / "latest").read_text().strip() == "step_00000006"
+    damaged = _truncate_model_states(checkpoints / "step_00000006")
+    (tmp_path / "ckpt" / "result.json").unlink()
+    result = _train(config, launcher=[sys.executable])
+    assert f"checkpoint {checkpoints / 'step_00000006'} is unreadable" in result.stderr
+    assert str(damaged) in result.stderr  # the warning names the damaged file
+    assert "resumed from step 4" in result.stderr
+    row = _row(config)
+    assert row["steps"] == 6 and row["step_losses"] == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+def test_no_readable_checkpoint_is_a_clear_error_naming_the_files(tmp_path, prepared):
+    budget = {"code": 8 * SEQ_LEN, "docstrings": 8 * SEQ_LEN}
+    config = _config(tmp_path, prepared, "ckpt2", tokens_per_domain=budget, checkpoint_interval_steps=1)
+    _train(config, launcher=[sys.executable])
+    checkpoints = tmp_path / "ckpt2" / "checkpoints"
+    damaged = [_truncate_model_states(tag) for tag in sorted(checkpoints.glob("step_*"))]
+    assert len(damaged) == 2
+    (tmp_path / "ckpt2" / "result.json").unlink()
+    result = _train(config, launcher=[sys.executable], check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    line = [ln for ln in result.stderr.splitlines() if ln.startswith("train: error:")]
+    assert len(line) == 1 and all(str(path) in line[0] for path in damaged), line
+    assert f"delete {checkpoints}" in line[0]
+
+
+def _ds_settings(tmp_path, settings, **config):
+    from autoscale_ds.train.config import TrainConfig
+    from autoscale_ds.train.plan import derive_batch_triple
+    from autoscale_ds.train.trainer import build_ds_config
+
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(settings))
+    run = TrainConfig(manifest="m", output_dir=str(tmp_path / "out"), tokens_per_domain={"a": 64},
+                      ds_config=str(path), **config)
+    return build_ds_config(run, derive_batch_triple(8, 4, 1), on_gpu=False)
+
+
+def test_overridden_ds_config_keys_are_listed_in_one_warning(tmp_path, caplog):
+    user = {"train_batch_size": 99, "train_micro_batch_size_per_gpu": 99, "gradient_clipping": 5.0,
+            "optimizer": {"type": "Adam", "params": {"lr": 0.1}}, "scheduler": {"type": "WarmupLR"},
+            "bf16": {"enabled": True}, "zero_optimization": {"stage": 2, "overlap_comm": True},
+            "csv_monitor": {"enabled": False}, "wall_clock_breakdown": False}
+    with caplog.at_level("WARNING", logger="autoscale_ds.train.trainer"):
+        ds = _ds_settings(tmp_path, user, zero_stage=1, gradient_clipping=1.0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    for key in ("train_batch_size (99 -> 8)", "train_micro_batch_size_per_gpu (99 -> 4)",
+                "gradient_clipping (5.0 -> 1.0)", "optimizer", "scheduler ({...} -> removed)",
+                "bf16.enabled (true -> false)", "zero_optimization.stage (2 -> 1)",
+                "csv_monitor.enabled (false -> true)"):
+        assert key in warnings[0], key
+    assert "gradient_accumulation_steps" not in warnings[0]  # the user did not set it
+    assert ds["zero_optimization"] == {"stage": 1, "overlap_comm": True}  # other ZeRO keys kept
+    assert ds["wall_clock_breakdown"] is False and "scheduler" not in ds
+
+
+def test_ds_config_with_only_zero_settings_keeps_its_stage_without_a_warning(tmp_path, caplog):
+    zero2 = json.loads((ROOT / "ds_configs" / "zero2.json").read_text())
+    with caplog.at_level("WARNING", logger="autoscale_ds.train.trainer"):
+        ds = _ds_settings(tmp_path, zero2)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert ds["zero_optimization"]["stage"] == 2
+
+
+def test_deepspeed_flags_are_accepted_and_name_the_ds_config(tmp_path, prepared):
+    config = _config(tmp_path, prepared, "dsflag", tokens_per_domain={"code": 8 * SEQ_LEN,
+                                                                      "docstrings": 8 * SEQ_LEN})
+    result = subprocess.run([sys.executable, TRAIN, "--config", str(config), "--deepspeed",
+                             "--deepspeed_config", str(ROOT / "ds_configs" / "zero2_bf16_gpu.json")],
+                            env=_env(), capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _row(config)["status"] == "ok"
+    # A GPU config on CPU: its bf16 is replaced (fp32 here), and the one warning says so.
+    warning = [ln for ln in result.stderr.splitlines() if "the run config decides" in ln]
+    assert len(warning) == 1 and "bf16.enabled (true -> false)" in warning[0], result.stderr[-3000:]

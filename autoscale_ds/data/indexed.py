@@ -332,12 +332,38 @@ class IndexedTokenStore:
         """The whole ``.bin`` as one read-only array, for slicing across sequence boundaries."""
         return self._live().tokens
 
+    def token_id_range(self) -> Tuple[int, int]:
+        """(smallest, largest) token id in the store, (0, -1) when it is empty. One pass
+        over the memory map in fixed-size chunks (memory stays flat for any store size),
+        remembered per file and modification, so a sweep's many runs read it once."""
+        stat = self.bin_path.stat()
+        key = (str(self.bin_path.resolve()), stat.st_size, stat.st_mtime_ns)
+        if key not in _ID_RANGE_CACHE:
+            _ID_RANGE_CACHE[key] = _scan_id_range(self.tokens_view())
+        return _ID_RANGE_CACHE[key]
+
     def __repr__(self) -> str:
         if self._arrays is None:
             return f"IndexedTokenStore({self.prefix!r}, closed)"
         return (f"IndexedTokenStore({self.prefix!r}, dtype={self._dtype.name}, "
                 f"sequences={len(self):,}, documents={self.num_documents:,}, "
                 f"tokens={self._num_tokens:,})")
+
+
+_ID_RANGE_CACHE: dict = {}
+_ID_SCAN_CHUNK_TOKENS = 1 << 24
+
+
+def _scan_id_range(tokens: np.ndarray) -> Tuple[int, int]:
+    if tokens.size == 0:
+        return 0, -1
+    low, high = None, None
+    for start in range(0, tokens.size, _ID_SCAN_CHUNK_TOKENS):
+        chunk = tokens[start:start + _ID_SCAN_CHUNK_TOKENS]
+        chunk_low, chunk_high = int(chunk.min()), int(chunk.max())
+        low = chunk_low if low is None else min(low, chunk_low)
+        high = chunk_high if high is None else max(high, chunk_high)
+    return low, high
 
 
 def _read_index(path: Path) -> Tuple[np.dtype, np.ndarray, np.ndarray, np.ndarray,

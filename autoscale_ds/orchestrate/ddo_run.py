@@ -19,18 +19,46 @@ EXAMPLE = """example (DDO.yaml):
   executor: {kind: local, workers: 2}     # or inprocess, or slurm
 
   autoscale ddo-run --config DDO.yaml
-  deepspeed --num_gpus 8 launchers/ddo.py --config DDO.yaml   # in-process on all GPUs
+  deepspeed --num_gpus 8 launchers/ddo.py --config DDO.yaml   # in-process on all GPUs;
+                                                              # rank 0 alone writes
 """
 
 
 def run_from_config(path: str, overrides=None) -> int:
+    from ..train.distributed import world_size
+
+    if world_size() > 1:
+        return _run_multi_rank(path, overrides)
+    return _run_sweep(path, overrides)
+
+
+def _run_sweep(path: str, overrides=None, ranks=None) -> int:
+    from .executors import make_executor
     from .runner import run_sweep
     from .sweep import load_sweep_config
 
     config = load_sweep_config(path, overrides)
-    result = run_sweep(config)
+    result = run_sweep(config, make_executor(config.executor, ranks))
     _print_summary(result)
     return 0
+
+
+def _run_multi_rank(path: str, overrides=None) -> int:
+    """``deepspeed --num_gpus N launchers/ddo.py``: rank 0 alone reads the config, plans,
+    records, solves and writes; the other ranks train each run with it when told, and exit 0
+    when it says stop (also when it stops on an error, which rank 0 alone reports)."""
+    from .executors import RankGroup, follow_rank0
+
+    ranks = RankGroup()
+    try:
+        if ranks.rank != 0:
+            return follow_rank0(ranks)
+        try:
+            return _run_sweep(path, overrides, ranks)
+        finally:
+            ranks.send(("stop", None))
+    finally:
+        ranks.close()
 
 
 def _print_summary(result) -> None:
@@ -52,7 +80,7 @@ def main(argv=None) -> int:
 
     from ..train.launch import overrides_from
 
-    parser = argparse.ArgumentParser(description="Run a DDO proxy sweep.\n\n" + EXAMPLE,
+    parser = argparse.ArgumentParser(prog="ddo-run", description="Run a DDO proxy sweep.\n\n" + EXAMPLE,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -62,7 +90,10 @@ def main(argv=None) -> int:
     try:
         return run_from_config(args.config, overrides_from(args.set))
     except InputError as exc:
-        emit_error("ddo-run", str(exc))
+        from ..train.distributed import is_main_process
+
+        if is_main_process():  # every rank meets a bad flag; one line is enough
+            emit_error("ddo-run", " ".join(line.strip() for line in str(exc).splitlines()))
         return 2
 
 

@@ -1,7 +1,9 @@
 """Ways to execute proxy runs. Each calls ``record(run, row)`` once per finished run.
 
-- ``InProcessExecutor``: one after the other in this process (all ranks of a ``deepspeed``
-  launch train each run together; rank 0 records).
+- ``InProcessExecutor``: one after the other in this process. Under a multi-rank launch
+  (``deepspeed --num_gpus N``, ``torchrun``) it runs on rank 0 with a ``RankGroup``: before
+  each run it sends the run's config to the other ranks (``follow_rank0``), and all ranks
+  train it together; only rank 0 plans, records, solves and writes.
 - ``LocalProcessExecutor``: K concurrent worker processes, each pinned to its own GPUs
   (``CUDA_VISIBLE_DEVICES``) or its own CPU cores (affinity + thread count).
 - ``SlurmExecutor`` (see :mod:`autoscale_ds.orchestrate.slurm`): a job array.
@@ -46,22 +48,82 @@ def _planned_tokens(run: ProxyRun) -> dict:
 
 
 class InProcessExecutor:
+    def __init__(self, ranks: Optional["RankGroup"] = None):
+        self.ranks = ranks
+        """Set on rank 0 of a multi-rank launch: the other ranks train each run with it."""
+
     def execute(self, runs: Sequence[ProxyRun], record: Record) -> None:
         from ..train.distributed import is_main_process
-        from ..train.trainer import Trainer
 
         for run in runs:
             logger.info("run %s: training in this process", run.run_id)
-            try:
-                row = Trainer(run.config).run()
-            except InputError as exc:  # e.g. a budget the data cannot serve: rerunning won't help
-                row = failure_row(run.run_id, _planned_tokens(run), f"bad input: {exc}",
-                                  run.config.seed, kind="input")
-            except Exception as exc:  # a dying proxy is a recorded result, not the sweep's end
-                logger.exception("run %s crashed", run.run_id)
-                row = failure_row(run.run_id, _planned_tokens(run), f"crashed: {exc!r}", run.config.seed)
-            if is_main_process():
+            if self.ranks is not None:
+                self.ranks.send(("train", run.config))
+            row = train_in_process(run)
+            if is_main_process():  # a caller without a RankGroup may run this on every rank
                 record(run, row)
+
+
+def train_in_process(run: ProxyRun) -> dict:
+    """The run's result row; a run that cannot train is a failure row, never the sweep's end."""
+    from ..train.trainer import CheckpointUnreadable, Trainer
+
+    try:
+        return Trainer(run.config).run()
+    except CheckpointUnreadable as exc:  # fixed by deleting them: a restart must retry it
+        return failure_row(run.run_id, _planned_tokens(run), str(exc), run.config.seed, kind="crash")
+    except InputError as exc:  # e.g. a budget the data cannot serve: rerunning won't help
+        return failure_row(run.run_id, _planned_tokens(run), f"bad input: {exc}",
+                           run.config.seed, kind="input")
+    except Exception as exc:  # a dying proxy is a recorded result, not the sweep's end
+        logger.exception("run %s crashed", run.run_id)
+        return failure_row(run.run_id, _planned_tokens(run), f"crashed: {exc!r}", run.config.seed)
+
+
+class RankGroup:
+    """Rank 0's orders to the other ranks of one launch, over a CPU (gloo) group of its own,
+    so they work whatever backend training uses and need no device set."""
+
+    def __init__(self):
+        import deepspeed
+        import torch.distributed as dist
+
+        from ..train.distributed import ensure_launcher_env
+
+        ensure_launcher_env()
+        deepspeed.init_distributed()  # the backend training will use (nccl on GPUs, gloo on CPU)
+        self._dist = dist
+        self._group = dist.new_group(backend="gloo")
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+
+    def send(self, message) -> None:
+        """Rank 0 only: deliver one message to every other rank."""
+        self._dist.broadcast_object_list([message], src=0, group=self._group)
+
+    def receive(self):
+        box = [None]
+        self._dist.broadcast_object_list(box, src=0, group=self._group)
+        return box[0]
+
+    def close(self) -> None:
+        if self._dist.is_initialized():
+            self._dist.destroy_process_group()
+
+
+def follow_rank0(ranks: RankGroup) -> int:
+    """A non-zero rank: train each run rank 0 sends, until it says stop. Nothing is written
+    here (the trainer writes results on rank 0 only); rank 0 reports every outcome."""
+    from .sweep import ProxyRun
+
+    while True:
+        kind, payload = ranks.receive()
+        if kind == "stop":
+            return 0
+        run = ProxyRun(payload.run_id, payload)
+        logger.info("run %s: training with rank 0 (rank %d)", run.run_id, ranks.rank)
+        row = train_in_process(run)
+        logger.info("run %s: done on rank %d (%s)", run.run_id, ranks.rank, row["status"])
 
 
 class LocalProcessExecutor:
@@ -133,9 +195,17 @@ class LocalProcessExecutor:
                            run.config.seed, kind=kind)
 
 
-def make_executor(spec: dict):
+def make_executor(spec: dict, ranks: Optional[RankGroup] = None):
+    """The configured executor; under a multi-rank launch (``ranks``) always the in-process
+    one, since each rank starting its own workers would train every run N times over."""
     spec = dict(spec or {})
     kind = spec.pop("kind", "local")
+    if ranks is not None:
+        if kind != "inprocess":
+            logger.warning("executor kind %r does not apply under a %d-rank launch: every run "
+                           "trains in-process on all %d ranks", kind, ranks.world_size,
+                           ranks.world_size)
+        return InProcessExecutor(ranks)
     if kind == "inprocess":
         return InProcessExecutor()
     if kind == "local":

@@ -3,6 +3,7 @@
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..errors import InputError
@@ -30,9 +31,11 @@ class TrainConfig:
     micro_batch_size: int = 8
     global_batch_size: int = 8
     """Sequences per optimizer step; gradient accumulation is derived from it."""
-    zero_stage: int = 0
+    zero_stage: Optional[int] = None
+    """ZeRO stage 0-3 (default: the ds_config's stage, else 0); set, it overrides ds_config."""
     ds_config: Optional[str] = None
-    """Optional DeepSpeed JSON to start from; batch sizes, optimizer and monitors are set in code."""
+    """Optional DeepSpeed JSON to start from; batch sizes, optimizer, precision, clipping and
+    monitors come from this config (overridden keys are listed in one warning)."""
     learning_rate: float = 1e-3
     min_lr_ratio: float = 0.1
     warmup_fraction: float = 0.05
@@ -40,6 +43,7 @@ class TrainConfig:
     gradient_clipping: float = 1.0
     dropout: float = 0.0
     seed: int = 0
+    """Initial weights and the order of each domain's samples (an integer >= 0)."""
     eval_interval_steps: int = 0
     """Evaluate every N steps (0: only at the end)."""
     eval_tokens_per_domain: int = 32768
@@ -68,42 +72,48 @@ class TrainConfig:
     def __post_init__(self):
         problems = self._problems()
         if problems:
-            raise InputError("invalid training config:\n  - " + "\n  - ".join(problems))
+            # One line: the CLI prints it as a single `train: error:` line.
+            raise InputError("invalid training config: " + "; ".join(problems))
 
     def _problems(self) -> List[str]:
-        problems = []
-        if bool(self.tokens_per_domain) == bool(self.mixture):
-            problems.append("give exactly one of tokens_per_domain or mixture")
-        for domain, tokens in dict(self.tokens_per_domain or {}).items():
-            if not (_is_number(tokens) and tokens >= 0):
-                problems.append(f"tokens_per_domain[{domain!r}] must be a number >= 0, got {tokens!r}")
+        """Every problem at once; type checks come first so no rule below ever meets a value
+        of the wrong type (a traceback instead of a message)."""
+        problems = _type_problems(self)
+        problems += self._budget_problems()
         model_problem = check_model_choice(self.model_family, self.model_size)
         if model_problem:
             problems.append(model_problem)
         problems += _positive(self, ["seq_len", "micro_batch_size", "global_batch_size"]
                               + [n for n in ("eval_samples_per_domain", "eval_batch_size")
                                  if getattr(self, n) is not None])
-        problems += _non_negative(self, ["eval_interval_steps", "checkpoint_interval_steps",
-                                         "eval_tokens_per_domain", "eval_seed",
-                                         "weight_decay", "gradient_clipping", "dropout"])
-        if self.zero_stage not in (0, 1, 2, 3) or isinstance(self.zero_stage, bool):
+        problems += _non_negative_integers(self, ["seed", "eval_seed", "eval_interval_steps",
+                                                  "checkpoint_interval_steps",
+                                                  "eval_tokens_per_domain"])
+        problems += _non_negative(self, ["weight_decay", "gradient_clipping", "dropout"])
+        if self.zero_stage is not None and (self.zero_stage not in (0, 1, 2, 3)
+                                            or isinstance(self.zero_stage, bool)):
             problems.append(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage!r}")
-        checks = [
-            ("learning_rate", lambda v: v > 0, "must be positive"),
-            ("min_lr_ratio", lambda v: 0 <= v <= 1, "must be in [0, 1]"),
-            ("warmup_fraction", lambda v: 0 <= v < 1, "must be in [0, 1)"),
-            ("divergence_factor", lambda v: v > 1, "must be > 1"),
-        ]
-        if self.max_epochs is not None:
-            checks.append(("max_epochs", lambda v: v > 0, "must be positive"))
-        problems += [f"{name} {rule}, got {getattr(self, name)!r}" for name, test, rule in checks
-                     if not (_is_number(getattr(self, name)) and test(getattr(self, name)))]
+        problems += _rule_problems(self)
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             problems.append(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         if not isinstance(self.monitor, list) or any(m not in ("csv", "tensorboard") for m in self.monitor):
             problems.append(f"monitor must be a list of csv / tensorboard, got {self.monitor!r}")
+        if isinstance(self.ds_config, str):
+            problems += _ds_config_problems(self.ds_config)
+        return problems
+
+    def _budget_problems(self) -> List[str]:
         if not isinstance(self.tokens_per_domain, dict):
-            problems.append("tokens_per_domain must map domain names to token counts")
+            return [f"tokens_per_domain must map domain names to token counts, "
+                    f"got {self.tokens_per_domain!r}"]
+        problems = []
+        if bool(self.tokens_per_domain) == bool(self.mixture):
+            problems.append("give exactly one of tokens_per_domain or mixture")
+        for domain, tokens in self.tokens_per_domain.items():
+            if not (_is_number(tokens) and tokens >= 0):
+                problems.append(f"tokens_per_domain[{domain!r}] must be a number >= 0, got {tokens!r}")
+        if self.total_tokens is not None and not (_is_number(self.total_tokens) and self.total_tokens > 0):
+            problems.append(f"total_tokens must be a positive number, got {self.total_tokens!r}")
         return problems
 
     def to_dict(self) -> dict:
@@ -114,17 +124,73 @@ class TrainConfig:
         import hashlib
 
         payload = {k: v for k, v in self.to_dict().items() if k not in ("output_dir", "progress")}
+        # zero_stage was `0` before it could be left unset: hashing unset as 0 keeps the keys
+        # of runs already recorded in a sweep, so a restarted sweep does not retrain them.
+        payload["zero_stage"] = 0 if self.zero_stage is None else self.zero_stage
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+# Fields whose only rule is their type; the others get a rule of their own below.
+_STRING_FIELDS = ("manifest", "output_dir", "run_id")
+_OPTIONAL_STRING_FIELDS = ("mixture", "ds_config")
+
+
+def _type_problems(config: "TrainConfig") -> List[str]:
+    problems = [f"{name} must be a non-empty string, got {getattr(config, name)!r}"
+                for name in _STRING_FIELDS
+                if not (isinstance(getattr(config, name), str) and getattr(config, name))]
+    problems += [f"{name} must be a path (a string), got {getattr(config, name)!r}"
+                 for name in _OPTIONAL_STRING_FIELDS
+                 if getattr(config, name) is not None and not isinstance(getattr(config, name), str)]
+    if not isinstance(config.progress, bool):
+        problems.append(f"progress must be true or false, got {config.progress!r}")
+    return problems
+
+
+def _rule_problems(config: "TrainConfig") -> List[str]:
+    checks = [
+        ("learning_rate", lambda v: v > 0, "must be positive"),
+        ("min_lr_ratio", lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+        ("warmup_fraction", lambda v: 0 <= v < 1, "must be in [0, 1)"),
+        ("divergence_factor", lambda v: v > 1, "must be > 1"),
+    ]
+    if config.max_epochs is not None:
+        checks.append(("max_epochs", lambda v: v > 0, "must be positive"))
+    return [f"{name} {rule}, got {getattr(config, name)!r}" for name, test, rule in checks
+            if not (_is_number(getattr(config, name)) and test(getattr(config, name)))]
+
+
+def _ds_config_problems(path: str) -> List[str]:
+    """Checked here, with the rest, so a wrong path fails before any model is built."""
+    try:
+        settings = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return [f"ds_config {path}: file not found"]
+    except (OSError, UnicodeDecodeError) as exc:
+        return [f"ds_config {path}: cannot read ({exc})"]
+    except ValueError as exc:
+        return [f"ds_config {path}: not valid JSON ({exc})"]
+    if not isinstance(settings, dict):
+        return [f"ds_config {path}: expected a JSON object of DeepSpeed settings"]
+    return []
 
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _is_integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _positive(config, names) -> List[str]:
     return [f"{n} must be a positive integer, got {getattr(config, n)!r}" for n in names
-            if not (isinstance(getattr(config, n), int) and not isinstance(getattr(config, n), bool)
-                    and getattr(config, n) > 0)]
+            if not (_is_integer(getattr(config, n)) and getattr(config, n) > 0)]
+
+
+def _non_negative_integers(config, names) -> List[str]:
+    return [f"{n} must be an integer >= 0, got {getattr(config, n)!r}" for n in names
+            if not (_is_integer(getattr(config, n)) and getattr(config, n) >= 0)]
 
 
 def _non_negative(config, names) -> List[str]:
@@ -134,5 +200,11 @@ def _non_negative(config, names) -> List[str]:
 
 def load_train_config(path, overrides: Optional[Dict[str, Any]] = None) -> TrainConfig:
     """Read a YAML run config; unknown keys are errors (a typo must not be silently ignored)."""
-    return load_yaml_config(path, TrainConfig, "training config", overrides,
-                            required=("manifest", "output_dir"))
+    try:
+        return load_yaml_config(path, TrainConfig, "training config", overrides,
+                                required=("manifest", "output_dir"))
+    except InputError as exc:
+        message = str(exc)
+        if str(path) in message:
+            raise
+        raise InputError(f"training config {path}: {message}") from None

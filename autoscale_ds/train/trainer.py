@@ -12,6 +12,7 @@ import math
 import shutil
 import sys
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -42,6 +43,11 @@ class RunFailed(Exception):
     """The run itself failed (NaN, divergence): recorded as a result, not a crash."""
 
 
+class CheckpointUnreadable(InputError):
+    """Every saved checkpoint of the run is damaged. Unlike other input errors, deleting them
+    fixes it, so a sweep records it as a crash (retried on restart), not as bad input."""
+
+
 @dataclass
 class RunState:
     """Everything besides the engine that a checkpoint must restore."""
@@ -64,15 +70,15 @@ def resolve_budget(config: TrainConfig) -> Dict[str, float]:
 
 
 def build_ds_config(config: TrainConfig, triple: BatchTriple, on_gpu: bool) -> dict:
-    """The DeepSpeed config: the user's ZeRO settings + what must agree with the run config."""
-    ds = json.loads(Path(config.ds_config).read_text()) if config.ds_config else {}
-    overridden = [k for k in ("train_batch_size", "train_micro_batch_size_per_gpu",
-                              "gradient_accumulation_steps", "optimizer", "scheduler") if k in ds]
-    if overridden:
-        logger.warning("ds_config sets %s; these come from the run config and are replaced", overridden)
-    ds.setdefault("zero_optimization", {})
-    if not config.ds_config:
-        ds["zero_optimization"]["stage"] = config.zero_stage
+    """The DeepSpeed config: the user's ZeRO settings + what must agree with the run config.
+
+    Keys of ``ds_config`` that the run config decides are replaced, and one warning lists
+    each one whose value changes (ds_configs/README.md promises it)."""
+    user = json.loads(Path(config.ds_config).read_text()) if config.ds_config else {}
+    ds = json.loads(json.dumps(user))  # a deep copy: `user` stays as written, for the warning
+    zero = ds.setdefault("zero_optimization", {})
+    if config.zero_stage is not None or not config.ds_config:
+        zero["stage"] = config.zero_stage or 0
     ds.update({
         "train_micro_batch_size_per_gpu": triple.micro_batch_size,
         "gradient_accumulation_steps": triple.accumulation_steps,
@@ -83,9 +89,48 @@ def build_ds_config(config: TrainConfig, triple: BatchTriple, on_gpu: bool) -> d
         "optimizer": {"type": "AdamW", "params": {"lr": config.learning_rate, "torch_adam": True,
                       "weight_decay": config.weight_decay, "betas": [0.9, 0.95], "eps": 1e-8}},
     })
-    ds.update(_precision(config, on_gpu))
-    ds.update(_monitors(config))
+    ds.pop("scheduler", None)  # the schedule is the run config's warmup + cosine, set in code
+    for name, settings in {**_precision(config, on_gpu), **_monitors(config)}.items():
+        ds[name] = {**(ds.get(name) or {}), **settings}  # keep the user's other sub-keys
+    overridden = overridden_keys(user, ds)
+    if overridden:
+        logger.warning("ds_config %s: the run config decides %s; replaced", config.ds_config,
+                       ", ".join(overridden))
     return ds
+
+
+# What the run config decides, as dotted paths into a DeepSpeed config.
+_DECIDED_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+                 "optimizer", "scheduler", "gradient_clipping", "zero_optimization.stage",
+                 "bf16.enabled", "fp16.enabled", "csv_monitor.enabled", "csv_monitor.output_path",
+                 "csv_monitor.job_name", "tensorboard.enabled", "tensorboard.output_path",
+                 "tensorboard.job_name")
+_MISSING = object()
+
+
+def overridden_keys(user: dict, final: dict) -> List[str]:
+    """Each decided key the user's ds_config sets to something other than what is used,
+    as ``key (user value -> used value)``."""
+    changed = []
+    for key in _DECIDED_KEYS:
+        wanted, used = _lookup(user, key), _lookup(final, key)
+        if wanted is not _MISSING and wanted != used:
+            changed.append(f"{key} ({_short(wanted)} -> {_short(used)})")
+    return changed
+
+
+def _short(value) -> str:
+    if value is _MISSING:
+        return "removed"
+    return "{...}" if isinstance(value, dict) else json.dumps(value)
+
+
+def _lookup(settings: dict, dotted: str):
+    for part in dotted.split("."):
+        if not isinstance(settings, dict) or part not in settings:
+            return _MISSING
+        settings = settings[part]
+    return settings
 
 
 def _precision(config: TrainConfig, on_gpu: bool) -> dict:
@@ -119,8 +164,10 @@ class Trainer:
         self.triple = derive_batch_triple(config.global_batch_size, config.micro_batch_size, world_size())
         self.plan: SamplePlan = plan_samples(budget, config.seq_len, config.global_batch_size)
         self.vocab_size = int(self.manifest.tokenizer["vocab_size"])
-        self.sources = [DomainSamples(self.manifest.open_store(d), config.seq_len, config.seed, d,
-                                      config.max_epochs) for d in self.plan.domains]
+        self.sources = [DomainSamples(self._open_store(d, "train"), config.seq_len, config.seed,
+                                      d, config.max_epochs) for d in self.plan.domains]
+        for domain in self.plan.domains:  # the eval set reads these; fail now, not mid-run
+            self._open_store(domain, "valid").close()
         self.epochs = {s.name: s.plan(self.plan.samples_per_domain[s.name]).epochs for s in self.sources}
         self.eval_seconds = 0.0
         self.eval_set_entry: Optional[dict] = None
@@ -130,6 +177,24 @@ class Trainer:
         self.engine = None
 
     # ------------------------------------------------------------------ set-up
+
+    def _open_store(self, domain: str, split: str):
+        """A domain's token store, refused if any id falls outside the model's vocabulary
+        (a store made with another tokenizer would die mid-run in the embedding lookup)."""
+        store = self.manifest.open_store(domain, split)
+        low, high = store.token_id_range()
+        if low < 0 or high >= self.vocab_size:
+            bad = low if low < 0 else high
+            store.close()
+            widen = (f", or set tokenizer.vocab_size to at least {high + 1:,} if that "
+                     "tokenizer is the one you mean") if low >= 0 else ""
+            raise InputError(
+                f"{store.bin_path} (domain {domain!r}, {split}) holds token id {bad:,}, outside "
+                f"the model's vocab_size {self.vocab_size:,} (tokenizer.vocab_size in the manifest "
+                f"{self.config.manifest}); it was tokenized with another tokenizer: rebuild it "
+                f"with `autoscale prepare`{widen}")
+        return store
+
 
     def _build_engine(self):
         import deepspeed
@@ -158,10 +223,36 @@ class Trainer:
         return self.output_dir / "checkpoints"
 
     def _resume(self) -> None:
-        latest = self._checkpoint_dir() / "latest"
+        """Load the newest readable checkpoint. A damaged one (e.g. the disk filled while it
+        was written) falls back to the one before it, which is still on disk."""
+        directory = self._checkpoint_dir()
+        latest = directory / "latest"
         if not latest.exists():
             return
-        _, client = self.engine.load_checkpoint(str(self._checkpoint_dir()))
+        failures = []
+        for tag in _checkpoint_tags(directory, latest):
+            failure = self._load_checkpoint(directory, tag)
+            if failure is None:
+                return
+            failures.append(failure)
+        raise CheckpointUnreadable(f"no readable checkpoint in {directory}: {'; '.join(failures)}; "
+                                   f"delete {directory} to train this run from the start")
+
+    def _load_checkpoint(self, directory: Path, tag: str) -> Optional[str]:
+        """Restore from one tag; None when it worked, else what is wrong with it."""
+        try:
+            path, client = self.engine.load_checkpoint(str(directory), tag=tag)
+        except Exception as exc:  # torch's zip/pickle errors have no common base class
+            where = ", ".join(map(str, _damaged_files(directory / tag))) or str(directory / tag)
+            logger.warning("checkpoint %s is unreadable (%s: %s); trying the one before it",
+                           directory / tag, where, _first_line(exc))
+            return f"{where}: {_first_line(exc)}"
+        if path is None:
+            return f"{directory / tag}: missing"
+        self._restore(client)
+        return None
+
+    def _restore(self, client) -> None:
         if client is None or client.get("fingerprint") != self.config.fingerprint():
             raise InputError(f"checkpoint in {self._checkpoint_dir()} belongs to a different run "
                              "config; use a new output_dir or delete the checkpoints")
@@ -306,6 +397,24 @@ class Trainer:
             row["reason"] = reason
             row["failure_kind"] = "training"  # deterministic: rerunning would fail the same way
         return row
+
+
+def _checkpoint_tags(directory: Path, latest: Path) -> List[str]:
+    """The tag ``latest`` names first, then the other saved tags, newest first."""
+    named = latest.read_text(encoding="utf-8", errors="replace").strip()
+    saved = sorted((p.name for p in directory.glob("step_*") if p.is_dir()), reverse=True)
+    return ([named] if named else []) + [tag for tag in saved if tag != named]
+
+
+def _damaged_files(tag_dir: Path) -> List[Path]:
+    """The tag's torch files that are not whole zip archives (torch.save's format): cut off
+    files lose the archive's directory, which sits at the end."""
+    return [path for path in sorted(tag_dir.glob("*.pt")) if not zipfile.is_zipfile(path)]
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 def _progress(total: int, done: int, enabled: bool):
