@@ -125,7 +125,7 @@ def test_a_second_orchestrator_is_refused_with_a_clear_message(prepared, tmp_pat
                                  str(config)], env=_env(), cwd=ROOT, capture_output=True, text=True,
                                 timeout=120)
         assert second.returncode == 2
-        assert "in use by another orchestrator (pid" in second.stderr and "Traceback" not in second.stderr
+        assert "in use by another autoscale run (pid" in second.stderr and "Traceback" not in second.stderr
     finally:
         first.kill()
         first.wait()
@@ -138,7 +138,7 @@ def test_lock_is_released_when_its_holder_dies(tmp_path):
         "lock = DirectoryLock(%r).acquire(); print('locked', flush=True); time.sleep(60)") % (str(ROOT), str(tmp_path))],
         stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
-    with pytest.raises(InputError, match="in use by another orchestrator"):
+    with pytest.raises(InputError, match="in use by another autoscale run"):
         DirectoryLock(tmp_path).acquire()
     holder.send_signal(signal.SIGKILL)
     holder.wait()
@@ -194,3 +194,108 @@ def test_pipeline_with_local_workers_writes_mixture_exports_and_report(prepared,
     # Every proxy ran in a worker process of its own, with a log.
     assert len(list(out.glob("ddo_*/runs/*/train.log"))) == 2 * (1 + 2 * 2)
     assert "mixture:" in result.stdout and "report:" in result.stdout
+
+
+def _run_on_foreign_tokens(prepared, tmp_path):
+    """A proxy run whose docstrings store holds ids past the vocabulary (all 0xFF bytes)."""
+    import shutil
+
+    from autoscale_ds.orchestrate.sweep import ProxyRun
+    from autoscale_ds.train.config import TrainConfig
+
+    root = tmp_path / "prepared"
+    shutil.copytree(prepared.root, root)
+    store = root / prepared.domains["docstrings"].train.prefix
+    bin_path = store.with_name(store.name + ".bin")
+    bin_path.write_bytes(b"\xff" * bin_path.stat().st_size)
+    config = TrainConfig(manifest=str(root / "manifest.yaml"), output_dir=str(tmp_path / "run"),
+                         tokens_per_domain={"code": 256, "docstrings": 256}, run_id="foreign",
+                         seq_len=32, micro_batch_size=8, global_batch_size=8, progress=False)
+    return ProxyRun("foreign", config), bin_path
+
+
+@pytest.mark.parametrize("kind", ["inprocess", "local"])
+def test_a_run_refused_by_the_vocab_check_is_a_recorded_failure(prepared, tmp_path, monkeypatch, kind):
+    from autoscale_ds.orchestrate.executors import make_executor
+
+    for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999"}.items():
+        monkeypatch.setenv(key, value)  # restored after the test (the trainer sets them)
+    run, bin_path = _run_on_foreign_tokens(prepared, tmp_path)
+    recorded = []
+    make_executor({"kind": kind}).execute([run], lambda r, row: recorded.append((r.run_id, row)))
+    [(run_id, row)] = recorded
+    assert run_id == "foreign" and row["status"] == "failed" and row["failure_kind"] == "input"
+    assert str(bin_path) in row["reason"] and "vocab_size" in row["reason"]
+
+
+def test_a_sweep_check_builds_everything_and_names_every_problem_before_any_run(prepared, tmp_path):
+    from autoscale_ds.orchestrate.runner import check_sweep
+
+    good = SweepConfig(manifest=str(prepared.root / "manifest.yaml"), output_dir=str(tmp_path / "ok"),
+                       budget_tokens=6144, domains=DOMAINS, train={"seq_len": 32, "global_batch_size": 8},
+                       executor={"kind": "inprocess"}, ddo={"available_tokens": {"code": "1M"}})
+    checked = check_sweep(good)
+    assert len(checked.runs) == 1 + 2 * len(DOMAINS) and checked.options.available_tokens == {"code": 1e6}
+    assert checked.options.allow_incomplete is True  # failed runs never sink a sweep
+    bad = SweepConfig(manifest=str(prepared.root / "manifest.yaml"), output_dir=str(tmp_path / "bad"),
+                      budget_tokens=6144, domains=DOMAINS,
+                      train={"seq_len": 32, "global_batch_size": 8, "learning_rate": -1},
+                      executor={"kind": "local", "workers": 0}, ddo={"ratio_bounds": {"web": [0.5, 2]}})
+    with pytest.raises(InputError) as caught:
+        check_sweep(bad)
+    message = str(caught.value)
+    assert "\n" not in message
+    for field in ("train: invalid training config: learning_rate must be positive",
+                  "ddo.ratio_bounds.web: not a domain of this sweep", "executor: executor workers must be >= 1"):
+        assert field in message, message
+    assert not (tmp_path / "bad").exists()
+
+
+def test_publishing_replaces_the_previous_set_and_moves_the_report_last(tmp_path, monkeypatch):
+    import autoscale_ds.orchestrate.outputs as outputs
+
+    out = tmp_path / "out"
+    (out / "exports").mkdir(parents=True)
+    old = {"mixture_50K.json": "old", "exports/gpt-neox.txt": "old", "exports/hf.txt": "old",
+           "report.md": "old", "notes.txt": "the user's"}
+    for name, text in old.items():
+        (out / name).write_text(text)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not ours")
+    (out / outputs.RECORD_FILE).write_text(json.dumps({"files": [
+        "mixture_50K.json", "exports/gpt-neox.txt", "exports/hf.txt", "report.md", "../outside.txt"]}))
+    staging = outputs.staging_dir(out)
+    for name in ("mixture_100K.json", "exports/hf.txt", "report.md"):
+        (staging / name).parent.mkdir(parents=True, exist_ok=True)
+        (staging / name).write_text("new")
+    moved = []
+    real_replace = outputs.os.replace
+    monkeypatch.setattr(outputs.os, "replace", lambda a, b: (moved.append(Path(b).name), real_replace(a, b)))
+    assert outputs.publish(staging, out) == ["exports/hf.txt", "mixture_100K.json", "report.md"]
+    assert moved[-2:] == ["report.md", outputs.RECORD_FILE]  # the record only once all is in place
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert files == [outputs.RECORD_FILE, "exports/hf.txt", "mixture_100K.json", "notes.txt", "report.md"]
+    assert all((out / f).read_text() == "new" for f in ("exports/hf.txt", "mixture_100K.json", "report.md"))
+    assert outside.read_text() == "not ours" and (out / "notes.txt").read_text() == "the user's"
+    assert json.loads((out / outputs.RECORD_FILE).read_text())["files"] == [
+        "exports/hf.txt", "mixture_100K.json", "report.md"] and not staging.exists()
+
+
+def test_unreadable_checkpoints_are_recorded_as_a_retryable_crash(prepared, tmp_path, monkeypatch):
+    """Deleting damaged checkpoints fixes the run, so a restarted sweep must retry it; other
+    input errors are deterministic and are not retried."""
+    from autoscale_ds.orchestrate.executors import train_in_process
+    from autoscale_ds.orchestrate.runs_store import RunsStore
+    from autoscale_ds.train import trainer
+
+    def damaged(config):
+        raise trainer.CheckpointUnreadable("no readable checkpoint in /x/checkpoints: ...")
+
+    monkeypatch.setattr(trainer, "Trainer", damaged)
+    run, _ = _run_on_foreign_tokens(prepared, tmp_path)
+    row = train_in_process(run)
+    assert row["status"] == "failed" and row["failure_kind"] == "crash"
+    store = RunsStore(tmp_path / "runs.json", [run.run_id])
+    store.record(run.run_id, run.key, row)
+    assert not store.done(run.key)

@@ -101,3 +101,46 @@ def test_the_report_shows_intervals_and_noise_per_budget(tmp_path):
     assert "noise: relative sigma" in report  # 300K: two base runs
     assert "noise: unknown -- repeat the base run over seeds (seeds: [0, 1])" in report  # 900K
     assert report.count("| n/a | n/a |") == len(DOMAINS)
+
+
+# Settings are checked (and typed) when the config is made, before any run (issue 11).
+
+
+def test_token_counts_may_carry_a_suffix_and_floor_may_be_one_number():
+    config = _pipeline(budgets=["100K", "300K"], target_tokens="10M", predict={"floor": 0.02})
+    assert config.budgets == [1e5, 3e5] and config.target_tokens == 1e7
+    assert config.sweep(1e5).budget_tokens == 1e5
+    from autoscale_ds.orchestrate.pipeline import guard_settings
+
+    assert guard_settings(config) == {"floor": {"*": 0.02}}
+    assert SweepConfig(manifest="m.yaml", output_dir="o", budget_tokens="2.5M").budget_tokens == 2.5e6
+
+
+def test_every_bad_field_is_named_in_one_line():
+    with pytest.raises(InputError) as caught:
+        _pipeline(seeds=5, ratios=["x"], train="abc", budgets=[1e5, "lots"], target_tokens="1e7",
+                  ddo={"max_ratoi": 3, "noise_sigma": -1}, predict={"floors": {"*": 0.1}},
+                  export={"formats": ["hf", "bogus"]})
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("pipeline config: ")
+    for field in ("seeds: ", "ratios: ", "train: ", "budgets[1]: ", "ddo.max_ratoi: ", "ddo.noise_sigma: ",
+                  "predict.floors: unknown setting; did you mean floor?", "export.formats: unknown format 'bogus'"):
+        assert field in message, field
+    assert "target_tokens" not in message  # "1e7" is a count
+
+
+def test_the_config_loaders_name_the_file_and_read_the_shipped_examples(tmp_path):
+    from autoscale_ds.orchestrate.pipeline import load_pipeline_config
+    from autoscale_ds.orchestrate.sweep import load_sweep_config
+
+    root = Path(__file__).resolve().parent.parent
+    assert load_pipeline_config(root / "examples" / "demo_pipeline.yaml").target_tokens == 1_500_000
+    assert load_sweep_config(root / "examples" / "ddo_cpu.yaml").budget_tokens == 20_000
+    config = tmp_path / "sweep.yaml"
+    config.write_text("manifest: m.yaml\noutput_dir: out\nbudget_tokens: 1000\nseeds: 5\n")
+    with pytest.raises(InputError, match=rf"^sweep config {config}: seeds: .* got 5$"):
+        load_sweep_config(config)
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text("manifest: m.yaml\noutput_dir: out\nbudgets: [1000, 2000]\nsteps: 1\n")
+    with pytest.raises(InputError, match=rf"^pipeline config {pipeline}: predict.max_epochs: needs target_tokens"):
+        load_pipeline_config(pipeline, {"predict": {"max_epochs": 1}})

@@ -34,10 +34,11 @@ def run_from_config(path: str, overrides=None) -> int:
 
 def _run_sweep(path: str, overrides=None, ranks=None) -> int:
     from .executors import make_executor
-    from .runner import run_sweep
+    from .runner import check_sweep, run_sweep
     from .sweep import load_sweep_config
 
     config = load_sweep_config(path, overrides)
+    check_sweep(config)  # every bad setting named with its file, before an executor exists
     result = run_sweep(config, make_executor(config.executor, ranks))
     _print_summary(result)
     return 0

@@ -2,23 +2,27 @@
 -> exports -> a Markdown report with plots.
 
 Every step reuses what is already on disk: each budget's sweep skips finished runs, so an
-interrupted pipeline is resumed by running the same command again.
+interrupted pipeline is resumed by running the same command again. Every setting is checked,
+and every object a later stage needs is built, before the first proxy run; the mixture,
+exports, plots and report are published as one set (:mod:`.outputs`).
 """
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
-
 
 from ..atomic import atomic_write_text
 from ..errors import InputError
 from ..formats import save_mixture
 from ..tables import human_tokens
-from .lock import DirectoryLock
-from .runner import run_sweep
-from .sweep import SweepConfig
 from ..yaml_config import load_yaml_config
+from .outputs import REPORT_FILE, publish, staging_dir
+from .runner import check_sweep, lock_output_dir, run_sweep
+from .settings import (ConfigProblems, Problems, export_section, guard_problems, is_number,
+                       output_dir_problem, predict_section, quiet, token_count)
+from .sweep import SweepConfig, check_common_settings
 
 logger = logging.getLogger(__name__)
 
@@ -50,35 +54,138 @@ class PipelineConfig:
     export: Dict[str, Any] = field(default_factory=lambda: {"formats": ["megatron", "gpt-neox", "hf"]})
     """formats (list) and data_paths (a paths map file; default: the manifest's own stores)."""
 
+    origin = "pipeline config"  # not a setting: what error messages call this config (its file)
+
     def __post_init__(self):
-        problems = []
-        if not isinstance(self.budgets, list) or len(self.budgets) < 2 or \
-                len(set(self.budgets)) != len(self.budgets):
-            problems.append(f"budgets must list two or more distinct proxy budgets, got {self.budgets!r}")
-        if (self.target_tokens is None) == (self.steps is None):
-            problems.append("give exactly one of target_tokens or steps")
-        if problems:
-            raise InputError("invalid pipeline config:\n  - " + "\n  - ".join(problems))
         if self.seeds is None:
             self.seeds = list(DEFAULT_SEEDS)
-        elif isinstance(self.seeds, list) and len(self.seeds) == 1 and not self._noise_given():
+        problems = Problems()
+        check_common_settings(self, problems)
+        self._check_budgets_and_target(problems)
+        problems.attempt(None, predict_section, self.predict)
+        problems.attempt(None, export_section, self.export)
+        if isinstance(self.predict, dict) and self.predict.get("max_epochs") is not None \
+                and self.target_tokens is None:
+            problems.add("predict.max_epochs", "needs target_tokens (with `steps` the target "
+                         "total is not known before the prediction)")
+        problems.raise_if_any(self.origin)
+        if len(self.seeds) == 1 and not self._noise_given():
             logger.warning("seeds: %s runs each budget's base run once, so the noise cannot be "
                            "estimated and no weight intervals are made; use seeds: [0, 1] (the "
                            "default) or set ddo: {noise_sigma: S}", self.seeds)
+
+    def _check_budgets_and_target(self, problems: Problems) -> None:
+        """Budgets and the target as numbers (``10M`` is read as 1e7)."""
+        budgets = None
+        if isinstance(self.budgets, list):
+            budgets = [token_count(problems, f"budgets[{i}]", b) for i, b in enumerate(self.budgets)]
+        if budgets is not None and None not in budgets:
+            self.budgets = budgets
+        folders = [human_tokens(b) for b in budgets] if budgets and None not in budgets else []
+        if budgets is None or len(budgets) < 2 or len(set(folders)) < len(folders):
+            # Each budget's sweep has a folder named by its rounded size: they must differ.
+            problems.add("budgets", f"must list two or more proxy budgets of distinct sizes like "
+                         f"[500K, 1.5M], got {self.budgets!r}")
+        if (self.target_tokens is None) == (self.steps is None):
+            problems.add("target_tokens", "give exactly one of target_tokens or steps")
+        if self.target_tokens is not None:
+            target = token_count(problems, "target_tokens", self.target_tokens)
+            self.target_tokens = target if target is not None else self.target_tokens
+            numbers = [b for b in self.budgets if is_number(b)] if isinstance(self.budgets, list) else []
+            if target is not None and numbers and target <= max(numbers):
+                problems.add("target_tokens", f"{target:,.0f} is not above the largest proxy budget "
+                             f"({max(numbers):,.0f}); the pipeline predicts for a larger budget")
+        if self.steps is not None and not (is_number(self.steps) and self.steps >= 0):
+            problems.add("steps", f"must be a number >= 0, got {self.steps!r}")
 
     def _noise_given(self) -> bool:
         return isinstance(self.ddo, dict) and self.ddo.get("noise_sigma") is not None
 
     def sweep(self, budget: float) -> SweepConfig:
-        return SweepConfig(manifest=self.manifest, output_dir=str(Path(self.output_dir) / f"ddo_{human_tokens(budget)}"),
-                           budget_tokens=budget, domains=self.domains, base_weights=self.base_weights,
-                           ratios=self.ratios, seeds=self.seeds, train=self.train,
-                           executor=self.executor, ddo=self.ddo)
+        sweep = SweepConfig(manifest=self.manifest, output_dir=str(Path(self.output_dir) / f"ddo_{human_tokens(budget)}"),
+                            budget_tokens=budget, domains=self.domains, base_weights=self.base_weights,
+                            ratios=self.ratios, seeds=self.seeds, train=self.train,
+                            executor=self.executor, ddo=self.ddo)
+        sweep.origin = self.origin
+        return sweep
 
 
 def load_pipeline_config(path, overrides: Optional[dict] = None) -> PipelineConfig:
-    return load_yaml_config(path, PipelineConfig, "pipeline config", overrides,
-                            required=("manifest", "output_dir", "budgets"))
+    origin = f"pipeline config {path}"
+    try:
+        config = load_yaml_config(path, PipelineConfig, "pipeline config", overrides,
+                                  required=("manifest", "output_dir", "budgets"))
+    except ConfigProblems as exc:
+        raise exc.named(origin) from None
+    config.origin = origin
+    return config
+
+
+@dataclass
+class CheckedPipeline:
+    """What a pipeline's settings build, made before its first proxy run."""
+
+    guards: Any
+    """PredictGuards, max_epochs ceilings included."""
+    data_paths: Any
+    formats: List[str]
+
+
+def check_pipeline(config: PipelineConfig) -> CheckedPipeline:
+    """Build every object the pipeline's stages need (each budget's planned runs, DDO
+    options and executor, the prediction guards, the exports) and raise every problem found
+    at once, before the first proxy run: a wrong setting must not cost the training."""
+    from ..data.manifest import load_manifest
+
+    problems = Problems()
+    in_the_way = output_dir_problem(config.output_dir)
+    if in_the_way:
+        problems.add("output_dir", in_the_way)
+    for budget in sorted(config.budgets):
+        problems.attempt(None, check_sweep, config.sweep(budget), check_output=not in_the_way)
+    manifest = problems.attempt(None, load_manifest, config.manifest)
+    guards = paths = None
+    if manifest is not None:
+        domains = mixture_domains(config, manifest)
+        if all(d in manifest.domains for d in domains):
+            guards = problems.attempt(None, _guards, config, manifest, domains)
+            paths = problems.attempt(None, _check_exports, config, domains)
+    problems.raise_if_any(config.origin)
+    return CheckedPipeline(guards, paths, export_section(config.export)["formats"])
+
+
+def _guards(config: PipelineConfig, manifest, domains: List[str]):
+    from ..predict import PredictGuards
+
+    named = predict_section(config.predict)
+    problems = Problems()
+    for name in ("floor", "ceiling"):
+        for domain in named.get(name, {}):
+            if domain != "*" and domain not in domains:
+                problems.add(f"predict.{name}.{domain}", f"not a domain of this pipeline; domains: "
+                             f"{', '.join(domains)}")
+    guards = problems.attempt("predict", lambda: PredictGuards(**guard_settings(config, manifest)))
+    if guards is not None:
+        problems.items += guard_problems(guards, domains)
+    problems.raise_if_any(config.origin)
+    return guards
+
+
+def _check_exports(config: PipelineConfig, domains: List[str]):
+    """The paths map, after rendering every export format once with placeholder weights:
+    a domain missing from the map or a format that cannot carry it shows up now."""
+    from ..export import export_mixture, load_data_paths
+
+    spec = export_section(config.export)
+    problems = Problems()
+    paths = problems.attempt("export.data_paths", load_data_paths, spec["data_paths"] or config.manifest)
+    if paths is not None:
+        uniform = {d: 1.0 / len(domains) for d in domains}
+        with quiet("autoscale_ds.export"):
+            for fmt in spec["formats"]:
+                problems.attempt(f"export.formats.{fmt}", export_mixture, uniform, paths, fmt)
+    problems.raise_if_any(config.origin)
+    return paths
 
 
 @dataclass
@@ -91,28 +198,34 @@ class PipelineResult:
 
 
 def run_pipeline(config: PipelineConfig) -> PipelineResult:
+    """Check everything, run the sweeps, then predict and publish the outputs as one set:
+    a run that fails after the sweeps leaves the previous outputs as they were."""
+    checked = check_pipeline(config)
     out = Path(config.output_dir)
-    with DirectoryLock(out):
+    with _locked(out):
         sweeps = []
         for index, budget in enumerate(sorted(config.budgets), start=1):
             logger.info("DDO sweep %d of %d: %s tokens per base run", index, len(config.budgets),
                         human_tokens(budget))
             sweeps.append(run_sweep(config.sweep(budget)))
         logger.info("predicting the mixture at the target budget, writing exports and the report")
-        prediction, mixture = _predict(config, sweeps)
-        mixture_path = out / f"mixture_{human_tokens(mixture.total_tokens)}.json"
-        save_mixture(mixture_path, mixture)
-        exports = _exports(config, mixture, out)
-        from .report import write_report
-
-        report_path = write_report(out, sweeps, prediction, mixture, mixture_path, exports)
+        prediction, mixture = _predict(config, sweeps, checked.guards)
+        mixture_path, exports, report_path = _write_outputs(checked, out, sweeps, prediction, mixture)
     return PipelineResult(sweeps, prediction, mixture_path, report_path, exports)
 
 
-def _predict(config: PipelineConfig, sweeps):
-    from ..predict import PredictGuards, predict, prediction_to_mixture
+@contextmanager
+def _locked(out: Path):
+    lock = lock_output_dir(out)
+    try:
+        yield lock
+    finally:
+        lock.release()
 
-    guards = PredictGuards(**guard_settings(config))
+
+def _predict(config: PipelineConfig, sweeps, guards):
+    from ..predict import predict, prediction_to_mixture
+
     prediction = predict([s.mixture for s in sweeps], target_tokens=config.target_tokens,
                          steps=config.steps, guards=guards)
     inputs = [{"path": str(s.mixture_path.relative_to(config.output_dir)),
@@ -120,37 +233,45 @@ def _predict(config: PipelineConfig, sweeps):
     return prediction, prediction_to_mixture(prediction, inputs, guards)
 
 
-def guard_settings(config: PipelineConfig) -> Dict[str, Any]:
-    """The ``predict:`` section, with ``max_epochs`` turned into per-domain ceilings: the
-    share of the target each domain can fill from its training tokens."""
-    settings = dict(config.predict)
+def _write_outputs(checked: CheckedPipeline, out: Path, sweeps, prediction, mixture):
+    """Render the mixture, exports, plots and report into a staging folder, then publish
+    them together (see :func:`autoscale_ds.orchestrate.outputs.publish`)."""
+    from ..export import export_mixture
+    from .report import write_report
+
+    staging = staging_dir(out)
+    mixture_name = f"mixture_{human_tokens(mixture.total_tokens)}.json"
+    save_mixture(staging / mixture_name, mixture)
+    exports = {}
+    for fmt in checked.formats:
+        atomic_write_text(staging / "exports" / f"{fmt}.txt",
+                          export_mixture(mixture.weights, checked.data_paths, fmt))
+        exports[fmt] = out / "exports" / f"{fmt}.txt"
+    write_report(out, sweeps, prediction, mixture, out / mixture_name, exports, into=staging)
+    publish(staging, out, last=REPORT_FILE)
+    return out / mixture_name, exports, out / REPORT_FILE
+
+
+def guard_settings(config: PipelineConfig, manifest=None) -> Dict[str, Any]:
+    """The ``predict:`` section as PredictGuards settings, with ``max_epochs`` turned into
+    per-domain ceilings: the share of the target each domain can fill from its training
+    tokens."""
+    settings = predict_section(config.predict) if config.predict else {}
     max_epochs = settings.pop("max_epochs", None)
     if max_epochs is None:
         return settings
     if config.target_tokens is None:
         raise InputError("predict: max_epochs needs target_tokens (with `steps` the target "
                          "total is not known before the prediction)")
-    from ..data.manifest import load_manifest
+    if manifest is None:
+        from ..data.manifest import load_manifest
 
-    manifest = load_manifest(config.manifest)
+        manifest = load_manifest(config.manifest)
     # 1 % below the exact share: whole samples and batches round a budget up a little.
     ceiling = {d: min(1.0, 0.99 * e.train.tokens * float(max_epochs) / float(config.target_tokens))
                for d, e in manifest.domains.items()}
     settings["ceiling"] = {**ceiling, **settings.get("ceiling", {})}
     return settings
-
-
-def _exports(config: PipelineConfig, mixture, out: Path) -> Dict[str, Path]:
-    from ..export import export_mixture, load_data_paths
-
-    spec = config.export or {}
-    paths = load_data_paths(spec.get("data_paths") or config.manifest)
-    written = {}
-    for fmt in spec.get("formats", []):
-        path = out / "exports" / f"{fmt}.txt"
-        atomic_write_text(path, export_mixture(mixture.weights, paths, fmt))
-        written[fmt] = path
-    return written
 
 
 def mixture_domains(config: PipelineConfig, manifest) -> List[str]:

@@ -3,7 +3,7 @@
 import json
 import logging
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 from ..atomic import atomic_write_text
 from ..ddo_table import ddo_markdown
@@ -13,11 +13,14 @@ logger = logging.getLogger(__name__)
 
 
 def write_report(out: Path, sweeps, prediction, mixture, mixture_path: Path,
-                 exports: Dict[str, Path]) -> Path:
+                 exports: Dict[str, Path], into: Optional[Path] = None) -> Path:
+    """``report.md`` and its plots, with links relative to ``out``, written to ``into``
+    (default ``out``; the pipeline renders into a staging folder, then publishes)."""
     from ..plots import plot_weights
 
-    plot_weights([s.mixture for s in sweeps] + [mixture], out / "weights.png")
-    plot_loss_curves(sweeps, out / "loss_curves.png")
+    into = Path(into or out)
+    plot_weights([s.mixture for s in sweeps] + [mixture], into / "weights.png")
+    plot_loss_curves(sweeps, into / "loss_curves.png")
     lines = [f"# AutoScale report: mixture for {human_tokens(mixture.total_tokens)} tokens", ""]
     lines += _weights_table(sweeps, prediction)
     lines += ["", f"Predicted mixture: `{mixture_path.name}` (s = {prediction.s:.3f}; "
@@ -33,7 +36,7 @@ def write_report(out: Path, sweeps, prediction, mixture, mixture_path: Path,
                       f"{', '.join(f'{d} ({why})' for d, why in sweep.pinned.items()) or 'none'}.", ""]
     lines += ["## Per-domain validation loss of the base runs", "", "![loss curves](loss_curves.png)", ""]
     lines += ["## Exports", ""] + [f"- `{fmt}`: `{path.relative_to(out)}`" for fmt, path in exports.items()]
-    path = out / "report.md"
+    path = into / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
 

@@ -1,4 +1,7 @@
-"""Run a DDO sweep end to end: lock, plan, skip what is done, execute, solve, write.
+"""Run a DDO sweep end to end: check, lock, plan, skip what is done, execute, solve, write.
+
+Every setting is checked, and every object the solve needs is built, before the lock is
+taken or a run starts: a typo under ``ddo:`` must not cost the sweep's training.
 
 Crash safety comes from three rules: results are recorded one row at a time by atomic
 rewrites of the runs file; a run whose own result.json exists (it finished but the
@@ -10,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List
+from typing import Any, List
 
 from ..atomic import file_sha256
 from ..ddo import DDOOptions, build_design, result_to_mixture, solve_design
@@ -19,6 +22,8 @@ from ..formats import Mixture, runs_from_dict, save_mixture
 from .executors import existing_result, make_executor
 from .lock import DirectoryLock
 from .runs_store import RunsStore
+from .settings import ConfigProblems, Problems, output_dir_problem
+from .settings import ddo_options as _ddo_options_of
 from .sweep import ProxyRun, SweepConfig, plan_sweep
 
 logger = logging.getLogger(__name__)
@@ -39,20 +44,66 @@ class SweepResult:
     pinned: dict
 
 
+@dataclass
+class CheckedSweep:
+    """What a sweep's settings build, made before its first run."""
+
+    runs: List[ProxyRun]
+    options: DDOOptions
+    executor: Any
+
+
+def check_sweep(config: SweepConfig, check_output: bool = True) -> CheckedSweep:
+    """Plan the runs, build the DDO options and the executor; every problem found is
+    raised at once (ConfigProblems naming the config file and each field)."""
+    problems = Problems()
+    in_the_way = output_dir_problem(config.output_dir) if check_output else None
+    if in_the_way:
+        problems.add("output_dir", in_the_way)
+    runs = problems.attempt(None, plan_sweep, config)
+    options = problems.attempt(None, ddo_options, config)
+    domains = config.domains or (list(runs[0].config.tokens_per_domain) if runs else None)
+    if domains and options:
+        for name in ("ratio_bounds", "available_tokens"):
+            for domain in getattr(options, name):
+                if domain not in domains:
+                    problems.add(f"ddo.{name}.{domain}", f"not a domain of this sweep; domains: "
+                                 f"{', '.join(domains)}")
+    executor = problems.attempt("executor", _executor, config.executor)
+    problems.raise_if_any(config.origin)
+    return CheckedSweep(runs, options, executor)
+
+
+def _executor(spec: dict):
+    try:
+        return make_executor(spec)
+    except TypeError as exc:  # a setting of the wrong type reached the executor's constructor
+        raise InputError(str(exc)) from None
+
+
+def lock_output_dir(out: Path) -> DirectoryLock:
+    """The directory's lock, held; an output_dir that cannot be made is an input problem."""
+    try:
+        return DirectoryLock(out).acquire()
+    except OSError as exc:
+        raise InputError(f"output_dir {out}: cannot create or lock it "
+                         f"({exc.strerror or exc}); choose another output_dir") from None
+
+
 def run_sweep(config: SweepConfig, executor=None) -> SweepResult:
+    checked = check_sweep(config)
     out = Path(config.output_dir)
     from ..train.distributed import is_main_process
 
-    lock = DirectoryLock(out).acquire() if is_main_process() else None
+    lock = lock_output_dir(out) if is_main_process() else None
     try:
-        return _run_locked(config, out, executor or make_executor(config.executor))
+        return _run_locked(config, out, executor or checked.executor, checked.runs)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _run_locked(config: SweepConfig, out: Path, executor) -> SweepResult:
-    runs = plan_sweep(config)
+def _run_locked(config: SweepConfig, out: Path, executor, runs: List[ProxyRun]) -> SweepResult:
     store = RunsStore(out / RUNS_FILE, [r.run_id for r in runs])
     pending = _pending(runs, store, config.retry_failed)
     logger.info("sweep %s: %d runs planned, %d to train", out, len(runs), len(pending))
@@ -97,12 +148,12 @@ def _pending(runs: List[ProxyRun], store: RunsStore, retry_failed: bool) -> List
 
 
 def ddo_options(config: SweepConfig) -> DDOOptions:
-    settings = {k: v for k, v in config.ddo.items() if k not in ("noise_sigma", "sensitivity_draws")}
-    settings.setdefault("allow_incomplete", True)  # failed runs must not sink the whole sweep
+    """The sweep's DDOOptions (``allow_incomplete`` defaults to true: failed runs must not
+    sink the whole sweep)."""
     try:
-        return DDOOptions(**settings)
-    except TypeError as exc:
-        raise InputError(f"sweep config: ddo: {exc}") from None
+        return _ddo_options_of(config.ddo)
+    except ConfigProblems as exc:
+        raise exc.named(config.origin) from None
 
 
 def _solve(config: SweepConfig, out: Path, store: RunsStore, runs: List[ProxyRun]):

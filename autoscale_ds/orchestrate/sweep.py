@@ -19,6 +19,8 @@ from ..data.manifest import load_manifest
 from ..errors import InputError
 from ..train.config import TrainConfig
 from ..yaml_config import load_yaml_config
+from .settings import (ConfigProblems, Problems, boolean, ddo_section, is_number, is_whole, mapping,
+                       one_line, text, text_list, token_count, unknown_keys)
 
 logger = logging.getLogger(__name__)
 
@@ -50,20 +52,16 @@ class SweepConfig:
     """autoscale ddo options: min_ratio, max_ratio, noise_sigma, sensitivity_draws (default
     100), metric, allow_mixed_eval, ..."""
     retry_failed: bool = False
+    origin = "sweep config"  # not a setting: what error messages call this config (its file)
 
     def __post_init__(self):
-        problems = []
-        if not (isinstance(self.budget_tokens, (int, float)) and self.budget_tokens > 0):
-            problems.append(f"budget_tokens must be positive, got {self.budget_tokens!r}")
-        if self.ratios is not None and (not self.ratios or any(not (r > 0 and r != 1) for r in self.ratios)):
-            problems.append(f"ratios must be positive and != 1, got {self.ratios!r}")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            problems.append(f"seeds must be distinct and non-empty, got {self.seeds!r}")
-        reserved = [k for k in self.train if k in _RESERVED_TRAIN_KEYS]
-        if reserved:
-            problems.append(f"train: {reserved} are set by the sweep itself")
-        if problems:
-            raise InputError("invalid sweep config:\n  - " + "\n  - ".join(problems))
+        problems = Problems()
+        check_common_settings(self, problems)
+        budget = token_count(problems, "budget_tokens", self.budget_tokens)
+        if budget is not None:
+            self.budget_tokens = budget
+        boolean(problems, "retry_failed", self.retry_failed)
+        problems.raise_if_any(self.origin)
 
     @property
     def family(self) -> str:
@@ -74,8 +72,55 @@ class SweepConfig:
 
 
 def load_sweep_config(path, overrides: Optional[dict] = None) -> SweepConfig:
-    return load_yaml_config(path, SweepConfig, "sweep config", overrides,
-                            required=("manifest", "output_dir", "budget_tokens"))
+    origin = f"sweep config {path}"
+    try:
+        config = load_yaml_config(path, SweepConfig, "sweep config", overrides,
+                                  required=("manifest", "output_dir", "budget_tokens"))
+    except ConfigProblems as exc:
+        raise exc.named(origin) from None
+    config.origin = origin
+    return config
+
+
+def check_common_settings(config, problems: Problems) -> None:
+    """Type checks of the settings a sweep and a pipeline share (all problems recorded)."""
+    text(problems, "manifest", config.manifest)
+    text(problems, "output_dir", config.output_dir)
+    if config.domains is not None:
+        text_list(problems, "domains", config.domains)
+    _check_base_weights(config.base_weights, problems)
+    ratios = config.ratios
+    if ratios is not None and not (isinstance(ratios, list) and ratios and all(
+            is_number(r) and r > 0 and r != 1 for r in ratios)):
+        problems.add("ratios", f"must be a list of numbers > 0 and != 1 like [0.2, 3], got {ratios!r}")
+    seeds = config.seeds
+    if not (isinstance(seeds, list) and seeds and all(is_whole(s) and s >= 0 for s in seeds)
+            and len(set(seeds)) == len(seeds)):
+        problems.add("seeds", f"must be a list of distinct whole numbers >= 0 like [0, 1], got {seeds!r}")
+    _check_train(config.train, problems)
+    mapping(problems, "executor", config.executor, "{kind: local, workers: 2}")
+    problems.attempt(None, ddo_section, config.ddo)
+
+
+def _check_base_weights(spec, problems: Problems) -> None:
+    if spec in ("uniform", "tokens"):
+        return
+    if not isinstance(spec, dict):
+        problems.add("base_weights", f"must be uniform, tokens or a mapping like {{code: 2, web: 1}}, "
+                     f"got {spec!r}")
+        return
+    for domain, weight in spec.items():
+        if not (is_number(weight) and weight > 0):
+            problems.add(f"base_weights.{domain}", f"must be a positive number, got {weight!r}")
+
+
+def _check_train(train, problems: Problems) -> None:
+    train = mapping(problems, "train", train, "{model_size: tiny, seq_len: 128}")
+    reserved = [k for k in train if k in _RESERVED_TRAIN_KEYS]
+    if reserved:
+        problems.add("train", f"{reserved} are set by the sweep itself; remove them")
+    settable = [name for name in TrainConfig.__dataclass_fields__ if name not in _RESERVED_TRAIN_KEYS]
+    unknown_keys(problems, "train", {k: v for k, v in train.items() if k not in reserved}, settable)
 
 
 @dataclass
@@ -105,7 +150,8 @@ def base_tokens(config: SweepConfig) -> Dict[str, float]:
     domains = config.domains or list(manifest.domains)
     missing = [d for d in domains if d not in manifest.domains]
     if missing:
-        raise InputError(f"sweep domains {missing} are not in {config.manifest}")
+        raise InputError(f"domains: {missing} are not in {config.manifest}; it has "
+                         f"{', '.join(manifest.domains)}")
     weights = named_weights(config.base_weights, domains, manifest)
     return {d: config.budget_tokens * weights[d] for d in domains}
 
@@ -120,7 +166,7 @@ def named_weights(spec, domains, manifest) -> Dict[str, float]:
             isinstance(v, (int, float)) and v > 0 for v in spec.values()):
         total = sum(spec.values())
         return {d: spec[d] / total for d in domains}
-    raise InputError(f"base_weights must be 'uniform', 'tokens' or a positive weight per domain "
+    raise InputError(f"base_weights: must be 'uniform', 'tokens' or a positive weight per domain "
                      f"{domains}, got {spec!r}")
 
 
@@ -148,8 +194,13 @@ def plan_sweep(config: SweepConfig) -> List[ProxyRun]:
 def sequence_and_batch(train: Dict[str, Any]) -> Tuple[int, int]:
     """(seq_len, global_batch_size) of a `train:` settings block, defaults filled in."""
     defaults = TrainConfig.__dataclass_fields__
-    return (int(train.get("seq_len", defaults["seq_len"].default)),
-            int(train.get("global_batch_size", defaults["global_batch_size"].default)))
+    values = []
+    for name in ("seq_len", "global_batch_size"):
+        value = train.get(name, defaults[name].default)
+        if not (is_whole(value) and value > 0):
+            raise InputError(f"train.{name}: must be a positive whole number, got {value!r}")
+        values.append(value)
+    return values[0], values[1]
 
 
 def whole_step_samples(tokens: Dict[str, float], seq_len: int, batch: int) -> Dict[str, int]:
@@ -161,7 +212,7 @@ def whole_step_samples(tokens: Dict[str, float], seq_len: int, batch: int) -> Di
         samples[largest] -= 1
     too_small = [d for d, n in samples.items() if n < 1]
     if too_small:
-        raise InputError(f"budget_tokens gives domains {too_small} less than one sample of "
+        raise InputError(f"budget_tokens: gives domains {too_small} less than one sample of "
                          f"{seq_len} tokens in the base run; raise budget_tokens")
     return samples
 
@@ -185,6 +236,8 @@ def _proxy(config: SweepConfig, run_id: str, tokens: Dict[str, float], seed: int
         train = TrainConfig(manifest=str(Path(config.manifest).resolve()),
                             output_dir=str(Path(config.output_dir).resolve() / "runs" / run_id),
                             tokens_per_domain=tokens, run_id=run_id, seed=seed, **settings)
-    except TypeError as exc:  # an unknown key under `train:`
-        raise InputError(f"sweep config: train: {exc}") from None
+    except TypeError as exc:  # an unknown key under `train:` (the config check names it first)
+        raise InputError(f"train: {exc}") from None
+    except InputError as exc:
+        raise InputError(f"train: {one_line(exc)}") from None
     return ProxyRun(run_id, train)
