@@ -8,8 +8,8 @@ from pathlib import Path
 
 from .atomic import atomic_write_text
 from .atomic import file_sha256
-from .cli import (_domain_values, _float_of, _positive_float, emit, parse_token_count,
-                  token_count_of)
+from .cli_args import (_domain_values, _float_of, _positive_float, emit, parse_token_count,
+                       token_count_of)
 from .errors import InputError
 from .formats import load_mixture, load_runs, save_mixture
 from .tables import format_table, human_tokens

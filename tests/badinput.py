@@ -6,6 +6,7 @@ what to fix, no Python traceback, and every input file byte-for-byte as it was.
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,10 +25,20 @@ def snapshot(paths: Iterable) -> Dict[str, Optional[str]]:
     return digests
 
 
-def run_command(argv: Sequence, cwd=None, env: Optional[dict] = None, timeout: float = 300):
-    """``python -m autoscale_ds ARGV`` (or ``python SCRIPT ...`` when argv[0] ends in .py)."""
+def run_command(argv: Sequence, cwd=None, env: Optional[dict] = None, timeout: float = 300,
+                file_permissions_bind: bool = False):
+    """``python -m autoscale_ds ARGV`` (or ``python SCRIPT ...`` when argv[0] ends in .py).
+
+    ``file_permissions_bind``: run so that file modes apply even as root (a container's root
+    reads a chmod-000 file), by dropping the capabilities that bypass them."""
     argv = [str(a) for a in argv]
     command = [sys.executable] + (argv if argv[0].endswith(".py") else ["-m", "autoscale_ds"] + argv)
+    if file_permissions_bind and os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            import pytest
+
+            pytest.skip("running as root without setpriv: file permissions cannot bind")
+        command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--"] + command
     full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     full_env.update(env or {})
     return subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True,
@@ -55,8 +66,9 @@ def assert_clean_failure(result, *, names: Sequence[str] = (), prog: str = "auto
 
 
 def refuses(argv: Sequence, *, names: Sequence[str] = (), inputs: Iterable = (),
-            prog: str = "autoscale", cwd=None, env: Optional[dict] = None, code: int = 2):
+            prog: str = "autoscale", cwd=None, env: Optional[dict] = None, code: int = 2,
+            file_permissions_bind: bool = False):
     """Run ``argv`` and assert a clean failure; return the error line."""
     before = snapshot(inputs)
-    result = run_command(argv, cwd=cwd, env=env)
+    result = run_command(argv, cwd=cwd, env=env, file_permissions_bind=file_permissions_bind)
     return assert_clean_failure(result, names=names, prog=prog, unchanged=before, code=code)

@@ -3,7 +3,7 @@
 import logging
 from pathlib import Path
 
-from ..cli import _domain_values, emit, parse_token_count
+from ..cli_args import _domain_values, emit, parse_token_count
 from ..errors import InputError
 
 logger = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ import sys
 from ..errors import InputError
 from ..ddo_table import CONFIG_SIGMA_HINT, ddo_table
 from ..tables import human_tokens
-from ..cli import emit, emit_error
+from ..cli_args import emit, emit_error
 
 logger = logging.getLogger(__name__)
 

@@ -82,7 +82,7 @@ def token_count(problems: Problems, where: str, value: Any, allow_zero: bool = F
     if is_number(value) and (value > 0 or (allow_zero and value == 0)):
         return value  # as given: the number is recorded in provenance
     if isinstance(value, str):
-        from ..cli import parse_token_count
+        from ..cli_args import parse_token_count
 
         try:
             return parse_token_count(value)

@@ -11,7 +11,7 @@ import sys
 
 from ..errors import InputError
 from .config import load_train_config
-from ..cli import emit_error
+from ..cli_args import emit_error
 
 PROG = "train"
 
