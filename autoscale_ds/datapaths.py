@@ -7,7 +7,6 @@ plus this map into each framework's config.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import numbers
@@ -18,6 +17,7 @@ from typing import Any, Mapping
 import yaml
 
 from autoscale_ds.errors import InputError
+from autoscale_ds.loaders import json_error_line, loads_json, loads_yaml, yaml_error_line
 
 log = logging.getLogger(__name__)
 
@@ -100,30 +100,6 @@ def _check_data_paths(paths: DataPaths) -> None:
 # ----------------------------------------------------------------------------- loading
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys, which YAML would silently collapse."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        mapping = super().construct_mapping(node, deep=deep)
-        if len(mapping) == len(node.value):
-            return mapping
-        seen: list[Any] = []  # some key came twice: find it to point at its line
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                mark = key_node.start_mark
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", mark)
-            seen.append(key)
-        return mapping
-
-
-def _json_pairs(pairs: list[tuple[str, Any]]) -> dict:
-    keys = [k for k, _ in pairs]
-    if len(set(keys)) < len(keys):
-        raise ValueError(f"duplicate key {next(k for k in keys if keys.count(k) > 1)!r}")
-    return dict(pairs)
-
-
 def load_data_paths(path: str | Path, manifest: str | Path | None = None) -> DataPaths:
     """Read a paths map from ``.json`` (JSON parser) or anything else (YAML, a JSON superset);
     a domains manifest (``autoscale.domains/v1``) stands for the stores it lists, with their
@@ -133,18 +109,27 @@ def load_data_paths(path: str | Path, manifest: str | Path | None = None) -> Dat
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read data-paths file {path}: {exc}") from exc
-    try:
-        if path.suffix.lower() == ".json":
-            obj = json.loads(text, object_pairs_hook=_json_pairs) if text.strip() else None
-        else:
-            obj = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
-    except (ValueError, yaml.YAMLError) as exc:
-        raise InputError(f"data-paths file {path} does not parse: {exc}") from exc
+    obj = _parse_paths_text(text, path)
     if isinstance(obj, Mapping) and obj.get("schema") == "autoscale.domains/v1":
         paths = _manifest_stores(path)
     else:
         paths = data_paths_from_mapping(obj, source=str(path))
     return with_manifest_stats(paths, manifest) if manifest is not None else paths
+
+
+def _parse_paths_text(text: str, path: Path) -> Any:
+    """JSON for ``.json``, else YAML; both strict (a key given twice is refused: the last
+    one would silently win), and a problem is one line naming FILE:LINE:COL."""
+    try:
+        if path.suffix.lower() == ".json":
+            return loads_json(text) if text.strip() else None
+        return loads_yaml(text)
+    except RecursionError:
+        raise InputError(f"data-paths file {path}: nested too deeply") from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"data-paths file {yaml_error_line(exc, str(path))}") from None
+    except ValueError as exc:  # JSON syntax, a duplicate key, NaN
+        raise InputError(f"data-paths file {json_error_line(exc, str(path))}") from None
 
 
 def _manifest_stores(path: Path) -> DataPaths:

@@ -27,6 +27,8 @@ import yaml
 from autoscale_ds.datapaths import (SPLITS, Blend, DataPaths, _check_path, _is_number,
                                     data_paths_from_mapping, load_data_paths, with_manifest_stats)
 from autoscale_ds.errors import InputError
+from autoscale_ds.loaders import (QuotingDumper, json_error_line, loads_json, loads_yaml,
+                                  yaml_error_line)
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +149,8 @@ def _flat(blend: Blend) -> list[str]:
 
 def _yaml(comment: str, obj: Any) -> str:
     lines = "".join(f"# {line}\n" for line in comment.splitlines())
-    body = yaml.safe_dump(obj, sort_keys=False, default_flow_style=False, allow_unicode=True)
+    body = yaml.dump(obj, Dumper=QuotingDumper, sort_keys=False, default_flow_style=False,
+                     allow_unicode=True)
     return lines + body
 
 
@@ -363,16 +366,29 @@ def _zip(paths: Any, weights: Any, what: str) -> Blend:
 
 
 def _mapping(text: str, fmt: str) -> dict:
+    """A config as JSON, else YAML; both strict: a key given twice is refused (the last
+    one would silently win), and every problem is one line."""
     try:
-        obj = json.loads(text)  # JSON first: YAML chokes on some valid JSON (tab indents)
-    except ValueError:
-        try:
-            obj = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise InputError(f"{fmt} export does not parse as JSON or YAML: {exc}") from exc
+        obj = loads_json(text)  # JSON first: YAML chokes on some valid JSON (tab indents)
+    except json.JSONDecodeError:
+        obj = _yaml_mapping(text, fmt)
+    except RecursionError:
+        raise InputError(f"{fmt} export: nested too deeply") from None
+    except ValueError as exc:  # valid JSON syntax, but a duplicate key or NaN: YAML won't do
+        raise InputError(json_error_line(exc, f"{fmt} export")) from None
     if not isinstance(obj, dict):
         raise InputError(f"{fmt} export: expected a mapping at the top level, got {type(obj).__name__}")
     return obj
+
+
+def _yaml_mapping(text: str, fmt: str) -> Any:
+    try:
+        return loads_yaml(text)
+    except RecursionError:
+        raise InputError(f"{fmt} export: nested too deeply") from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"{yaml_error_line(exc, f'{fmt} export')} (read as YAML: it is "
+                         "not JSON)") from None
 
 
 def _get(obj: Any, keys: Sequence[str], fmt: str) -> Any:

@@ -47,6 +47,13 @@ StrictYAMLLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOA
                                        list("-+0123456789."))
 
 
+class QuotingDumper(yaml.SafeDumper):
+    """Writes YAML that the strict reader reads back as written: a string the reader takes
+    as a number (a domain or path named ``1e3``) is quoted; other output is unchanged."""
+
+    yaml_implicit_resolvers = {k: list(v) for k, v in StrictYAMLLoader.yaml_implicit_resolvers.items()}
+
+
 class DuplicateKeyError(ValueError):
     """A JSON object names one key twice."""
 

@@ -328,16 +328,18 @@ def test_load_yaml_and_json_files(tmp_path):
     ("zero.yaml", "web: {/p/a: 0, /p/b: 1}\n", ["zero.yaml", "'web'", "/p/a", "positive"]),
     ("neg.yaml", "web: {/p/a: -2}\n", ["neg.yaml", "'web'", "positive"]),
     ("nan.yaml", "web: {/p/a: .nan, /p/b: 1}\n", ["nan.yaml", "'web'", "/p/a", "nan"]),
-    ("nan.json", '{"web": {"/p/a": NaN}}', ["nan.json", "'web'", "nan"]),
+    ("nan.json", '{"web": {"/p/a": NaN}}', ["nan.json", "NaN", "not valid JSON"]),
     ("emptypath.yaml", "web: ''\n", ["emptypath.yaml", "'web'", "empty"]),
     ("emptylist.yaml", "web: []\n", ["emptylist.yaml", "'web'", "empty"]),
     ("nopaths.yaml", "web:\n", ["nopaths.yaml", "'web'", "no paths"]),
     ("split.yaml", "web: {train: /p/a, eval: /p/b}\n", ["split.yaml", "'web'", "'eval'", "split"]),
     ("notrain.yaml", "web: {valid: /p/a}\n", ["notrain.yaml", "'web'", "train"]),
-    ("syntax.yaml", "web: [/p/a\n", ["syntax.yaml", "parse"]),
-    ("syntax.json", '{"web": "/p/a",}', ["syntax.json", "parse"]),
-    ("dupe.yaml", "web: /p/a\nweb: /p/b\n", ["dupe.yaml", "duplicate", "web"]),
-    ("dupe.json", '{"web": "/p/a", "web": "/p/b"}', ["dupe.json", "duplicate", "web"]),
+    ("syntax.yaml", "web: [/p/a\n", ["syntax.yaml:2:1:", "expected ',' or ']'", "line 1"]),
+    ("syntax.json", '{"web": "/p/a",}', ["syntax.json:1:16:", "not valid JSON"]),
+    ("dupe.yaml", "web: /p/a\nweb: /p/b\n", ["dupe.yaml:2:1:", "duplicate key 'web'", "line 1"]),
+    ("dupe.json", '{"web": "/p/a", "web": "/p/b"}', ["dupe.json", "duplicate key 'web'"]),
+    ("dupe-inner.yaml", "web:\n  train: /p/a\n  train: /p/b\n", ["dupe-inner.yaml:3:3:", "'train'"]),
+    ("dupe-inner.json", '{"web": {"/p/a": 1, "/p/a": 2}}', ["dupe-inner.json", "'/p/a'"]),
     ("shared.yaml", "web: /p/a\ncode: [/p/b, /p/a]\n", ["shared.yaml", "/p/a", "'web'", "'code'"]),
     ("twice.yaml", "web: [/p/a, /p/a]\n", ["twice.yaml", "'web'", "/p/a", "twice"]),
     ("boolname.yaml", "yes: /p/a\n", ["boolname.yaml", "True", "quote"]),
@@ -349,6 +351,13 @@ def test_bad_paths_files(tmp_path, name, text, needles):
         load_data_paths(_write(tmp_path, name, text))
     for needle in needles:
         assert needle in str(err.value), (needle, str(err.value))
+    assert "\n" not in str(err.value)  # the CLI prints it as one line
+
+
+def test_paths_file_exponent_sizes_are_numbers(tmp_path):
+    # YAML 1.1 reads 1e9 as the string "1e9", which the size check then refused.
+    paths = load_data_paths(_write(tmp_path, "p.yaml", "web: {/p/a: 1e9, /p/b: 3E+9}\n"))
+    assert paths.shards("web") == [("/p/a", 0.25), ("/p/b", 0.75)]
 
 
 def test_unreadable_paths_file(tmp_path):
@@ -428,8 +437,15 @@ def test_whitespace_path_rejected_by_megatron():
     ("megatron", "", "pairs"),
     ("megatron", "abc /data/web/web_text_document", "'abc'"),
     ("megatron-data-args", "-1 /data/web/web_text_document", "'-1'"),
-    ("megatron-per-split", "[1, 2", "does not parse"),
-    ("hf", "{\"datasets\":\t[\"/data/web/web_text_document\"], \"probabilities\": [NaN]}", "nan"),
+    ("megatron-per-split", "[1, 2", "megatron-per-split export:1:6: expected ',' or ']'"),
+    ("hf", "{\"datasets\":\t[\"/data/web/web_text_document\"], \"probabilities\": [NaN]}", "NaN"),
+    # A key given twice: the last one would silently win (JSON, and YAML with its line).
+    ("hf", '{"datasets": ["/data/web/web_text_document"], "probabilities": [1], "datasets": []}',
+     "hf export: duplicate key 'datasets'"),
+    ("megatron-per-split", '{"train": ["1", "/data/web/web_text_document"],\t"train": null}',
+     "duplicate key 'train'"),
+    ("gpt-neox", "train-data-paths: [/data/web/web_text_document]\ntrain-data-weights: [1]\n"
+     "train-data-paths: []\n", "gpt-neox export:3:1: duplicate key 'train-data-paths' (first given at line 1)"),
     ("megatron-per-split", '{"train": ["1", "/data/web/web_text_document"]}', "'valid'"),
     ("megatron-per-split", '{"train": null, "valid": null, "test": null}', "'train' is null"),
     ("megatron-deepspeed", "--data-path 1 '/p/a", "shell"),
@@ -450,6 +466,15 @@ def test_bad_exports(paths, fmt, text, needle):
     with pytest.raises(InputError) as err:
         parse_export(text, fmt, paths)
     assert needle in str(err.value), str(err.value)
+    assert "\n" not in str(err.value)  # the CLI prints it as one line
+
+
+@pytest.mark.parametrize("fmt", ALL_FORMATS)
+def test_number_like_paths_round_trip(fmt):
+    # parse_export reads 1e5 as a number (YAML 1.2, like OmegaConf): YAML exports quote it.
+    paths = data_paths_from_mapping({"a": "1e5", "b": {"train": "2E-3", "valid": "/p/b"}})
+    assert parse_export(export_mixture({"a": 0.25, "b": 0.75}, paths, fmt), fmt, paths) == {
+        "a": 0.25, "b": 0.75}
 
 
 @pytest.mark.parametrize("fmt", ALL_FORMATS)

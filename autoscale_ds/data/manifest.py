@@ -26,6 +26,7 @@ import yaml
 
 from ..atomic import atomic_write_text
 from ..errors import InputError
+from ..loaders import QuotingDumper, loads_yaml, yaml_error_line
 
 MANIFEST_SCHEMA = "autoscale.domains/v1"
 SPLITS = ("train", "valid")
@@ -87,7 +88,8 @@ def _domain_dict(entry: DomainEntry) -> dict:
 
 def save_manifest(manifest: Manifest, path: Optional[Path] = None) -> Path:
     path = Path(path or manifest.root / "manifest.yaml")
-    text = yaml.safe_dump(manifest.to_dict(), sort_keys=False, default_flow_style=False)
+    text = yaml.dump(manifest.to_dict(), Dumper=QuotingDumper, sort_keys=False,
+                     default_flow_style=False)
     return atomic_write_text(path, text)
 
 
@@ -96,11 +98,17 @@ def load_manifest(path) -> Manifest:
     if path.is_dir():
         path = path / "manifest.yaml"
     try:
-        payload = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InputError(f"domains manifest {path}: file not found (run `autoscale prepare`)") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"domains manifest {path}: cannot read ({exc})") from None
+    try:
+        payload = loads_yaml(text)  # strict: a hand edit giving a key twice is refused
+    except RecursionError:
+        raise InputError(f"domains manifest {path}: nested too deeply") from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"domains manifest {yaml_error_line(exc, str(path))}") from None
     return manifest_from_dict(payload, path)
 
 
@@ -117,7 +125,10 @@ def manifest_from_dict(payload: Any, path: Path) -> Manifest:
         raise InputError(f"{where}: 'valid_fraction' must be in [0, 1), got {fraction!r}")
     manifest = Manifest(path.parent, tokenizer, int(payload.get("seed", 0)), float(fraction))
     for name, raw in domains.items():
-        manifest.domains[str(name)] = _domain_entry(raw, f"{where}: domain {name!r}")
+        if not isinstance(name, str):  # e.g. 1e3 unquoted, which YAML reads as a number
+            raise InputError(f"{where}: domain name {name!r} is a {type(name).__name__}, not "
+                             "text; quote it in the manifest")
+        manifest.domains[name] = _domain_entry(raw, f"{where}: domain {name!r}")
     return manifest
 
 

@@ -13,13 +13,13 @@
 """
 
 import contextlib
-import json
 import logging
 from pathlib import Path
 from typing import Iterable, Iterator, List, Set
 
 from ..atomic import atomic_write_json, stale_temp_files
 from ..errors import InputError
+from ..loaders import DuplicateKeyError, json_error_line, loads_json
 from ..orchestrate.lock import DirectoryLock
 
 logger = logging.getLogger(__name__)
@@ -73,10 +73,16 @@ class OutDir:
     def _read_owned(self) -> Set[str]:
         path = self.root / OWNED_FILE
         try:
-            payload = json.loads(path.read_text(encoding="utf-8"))
+            payload = loads_json(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return set()
-        except (OSError, ValueError) as exc:
+        except DuplicateKeyError as exc:
+            # Ignoring it, like damage, would be safe; but this is a hand edit that half
+            # worked (the last "paths" would win), so ask which one was meant.
+            raise InputError(f"record of the files autoscale prepare wrote "
+                             f"{json_error_line(exc, str(path))}; fix it, or delete it (prepare "
+                             "then takes only the files its manifest lists as its own)") from None
+        except (OSError, ValueError, RecursionError) as exc:
             # Written atomically, so only a hand edit damages it; the manifest still counts.
             logger.warning("ignoring unreadable %s (%s)", path, exc)
             return set()

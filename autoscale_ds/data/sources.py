@@ -12,6 +12,9 @@ Text is decoded with the domain's ``encoding`` (UTF-8 unless told). A document t
 not decode, or a plain-text file holding NUL bytes (binary data named directly), is never
 changed silently: ``on_decode_error`` says whether to stop with an error naming the first
 such file and the count (the default), skip those documents, or substitute U+FFFD.
+
+A JSONL record that gives a key twice is refused with its file and line: plain JSON readers
+keep the last one silently, so which text was meant is unknown.
 """
 
 import codecs
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
 from ..errors import InputError
+from ..loaders import DuplicateKeyError
 
 logger = logging.getLogger(__name__)
 
@@ -421,10 +425,34 @@ def _jsonl_documents(domain: ResolvedDomain, path: Path,
                 yield ""  # skipped: keeps the positions of the held-out choice
                 continue
             try:
-                record = json.loads(line)
+                record = _parse_record(line)
             except json.JSONDecodeError as exc:
                 raise InputError(f"domain {name!r}: {where}: not valid JSON ({exc.msg})") from None
+            except DuplicateKeyError as exc:
+                raise InputError(f"domain {name!r}: {where}: {exc}") from None
+            except RecursionError:
+                raise InputError(f"domain {name!r}: {where}: nested too deeply") from None
             yield _text_field(record, key, f"domain {name!r}: {where}")
+
+
+def _record_pairs(pairs: List[Tuple[str, object]]) -> dict:
+    record = dict(pairs)  # C speed; JSONL reading is on the prepare hot path
+    if len(record) < len(pairs):  # a key given twice: the last one would silently win
+        seen: set = set()
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise DuplicateKeyError(f"duplicate key {key!r}; a key may appear once per object")
+    return record
+
+
+# Built once: json.loads with any option builds a decoder per call, which doubles the cost
+# of a short record. NaN is left as JSON-with-NaN writers put it: only the text field counts.
+_RECORD_DECODER = json.JSONDecoder(object_pairs_hook=_record_pairs)
+
+
+def _parse_record(line: str):
+    if line.startswith("\ufeff"):  # json.loads refuses a BOM; so does this, alike
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", line, 0)
+    return _RECORD_DECODER.decode(line)
 
 
 def _text_field(record, key: str, where: str) -> str:

@@ -8,7 +8,6 @@ Every tokenizer exposes the same small surface: ``encode_batch``, ``vocab_size``
 
 import hashlib
 import io
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Iterable, Iterator, List, Optional
 
 from ..atomic import atomic_write_bytes
 from ..errors import InputError
+from ..loaders import DuplicateKeyError, json_error_line, loads_json
 
 logger = logging.getLogger(__name__)
 
@@ -119,9 +119,14 @@ def _configured_eos(path: Path) -> List[str]:
     if config is None or not config.is_file():
         return []
     try:
-        eos = json.loads(config.read_text(encoding="utf-8")).get("eos_token")
-    except (OSError, ValueError):
+        settings = loads_json(config.read_text(encoding="utf-8"))
+    except DuplicateKeyError as exc:  # e.g. two eos_token: which one ends a document?
+        raise InputError(f"Hugging Face tokenizer config {json_error_line(exc, str(config))}") from None
+    except (OSError, ValueError, RecursionError) as exc:
+        logger.warning("ignoring unreadable %s (%s); looking for a known end-of-document "
+                       "token instead", config, exc)
         return []
+    eos = settings.get("eos_token") if isinstance(settings, dict) else None
     if isinstance(eos, dict):
         eos = eos.get("content")
     return [eos] if isinstance(eos, str) else []
