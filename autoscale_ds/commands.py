@@ -126,6 +126,9 @@ def _register_ddo(commands, formatter):
     p.add_argument("--sensitivity-draws", type=int, default=100,
                    help="Monte-Carlo draws of the sensitivity report (0 = off)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sensitivity draws")
+    p.add_argument("--plain", action="store_true",
+                   help="write the DDO optimum as it is (default: with a sensitivity report, "
+                   "shrink each move from the base by its signal-to-noise ratio)")
     p.set_defaults(handler=cmd_ddo)
 
 
@@ -165,6 +168,10 @@ def cmd_ddo(args) -> int:
                   "eval_set": design.eval_set}
     mixture = result_to_mixture(result, provenance)
     mixture.provenance["sensitivity"] = _sensitivity(design, options, args)
+    if not args.plain:
+        from .noise_aware import shrink_ddo_mixture
+
+        mixture = shrink_ddo_mixture(mixture)
     with writing(args.out):
         save_mixture(args.out, mixture)
     emit(ddo_table(mixture))
@@ -206,6 +213,8 @@ _PREDICT_EXAMPLE = """example:
   autoscale predict --mixture a.json --mixture b.json --steps 1 --out next.json
   autoscale predict --mixture a.json --mixture b.json --target-tokens 4.5M \\
       --floor 0.02 --floor code=0.1 --max-change-per-doubling 1.5 --out c.json
+  autoscale predict --mixture a.json --mixture b.json --mixture c.json --backtest \\
+      --out backtest.json
 """
 
 
@@ -216,7 +225,7 @@ def _register_predict(commands, formatter):
                             + _PREDICT_EXAMPLE, formatter_class=formatter)
     p.add_argument("--mixture", action="append", required=True,
                    help="DDO mixture at one budget; give two or more")
-    target = p.add_mutually_exclusive_group(required=True)
+    target = p.add_mutually_exclusive_group()
     target.add_argument("--target-tokens", type=parse_token_count,
                         help="total budget to predict for (e.g. 10B)")
     target.add_argument("--steps", type=float,
@@ -229,7 +238,15 @@ def _register_predict(commands, formatter):
     p.add_argument("--extrapolate-unmeasured", action="store_true",
                    help="also extrapolate domains DDO kept at their base quantity at some budget "
                    "(default: hold them at their weight of the largest budget)")
-    p.add_argument("--out", required=True, help="mixture file to write")
+    target.add_argument("--backtest", action="store_true",
+                        help="predict the largest budget's DDO mixture from the smaller ones "
+                        "(three or more mixtures) and write an autoscale.backtest/v1 report")
+    p.add_argument("--plain", action="store_true",
+                   help="the paper's rule as it is (default: shrink each domain's extrapolated "
+                   "change by the signal-to-noise ratio of its trend, when the mixtures carry "
+                   "noise)")
+    p.add_argument("--out", required=True,
+                   help="mixture file to write (with --backtest: the backtest report)")
     p.set_defaults(handler=cmd_predict)
 
 
@@ -244,7 +261,12 @@ def cmd_predict(args) -> int:
         raise InputError(f"--floor names unknown domain {unknown[0]!r}")
     guards = PredictGuards(floor=floors, max_change_per_doubling=args.max_change_per_doubling,
                            hold_unmeasured=not args.extrapolate_unmeasured)
-    prediction = predict(mixtures, target_tokens=args.target_tokens, steps=args.steps, guards=guards)
+    if args.backtest:
+        return _backtest(args, mixtures, guards)
+    if args.target_tokens is None and args.steps is None:
+        raise InputError("give one of --target-tokens, --steps or --backtest")
+    prediction = predict(mixtures, target_tokens=args.target_tokens, steps=args.steps,
+                         guards=guards, noise_aware=not args.plain)
     from .predict import prediction_to_mixture
 
     inputs = [{"path": p, "sha256": file_sha256(p)} for p in args.mixture]
@@ -259,17 +281,54 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _backtest(args, mixtures, guards) -> int:
+    from .atomic import atomic_write_json
+    from .backtest import backtest
+
+    record = backtest(mixtures, guards, noise_aware=not args.plain)
+    with writing(args.out):
+        atomic_write_json(args.out, record)
+    emit(backtest_table(record))
+    emit(f"wrote {args.out}")
+    return 0
+
+
+def backtest_table(record: dict) -> str:
+    """Per domain: the held-out DDO weight and each method's prediction of it."""
+    methods = record["methods"]
+    domains = list(record["domains"])
+    rows = [[d, methods[next(iter(methods))]["domains"][d]["ddo"],
+             *[methods[m]["domains"][d]["predicted"] for m in methods],
+             *[methods[m]["domains"][d]["abs_error"] for m in methods]] for d in domains]
+    names = [m.replace("_", "-") for m in methods]
+    losses = ", ".join(f"{m.replace('_', '-')} {_loss_text(methods[m])}" for m in methods)
+    return (f"backtest: {human_tokens(record['held_out_budget'])} predicted from "
+            f"{', '.join(human_tokens(b) for b in record['input_budgets'])}\n"
+            + format_table(["domain", "DDO w", *[f"{n} w" for n in names],
+                            *[f"{n} error" for n in names]], rows)
+            + "\nmean abs error: " + ", ".join(f"{m.replace('_', '-')} {methods[m]['mean_abs_error']:.4f}"
+                                               for m in methods)
+            + f"\npredicted objective loss vs DDO (fitted responses, relative): {losses}")
+
+
+def _loss_text(result: dict) -> str:
+    loss = result["predicted_objective_loss"]
+    return "n/a" if not loss or loss["relative"] is None else f"{loss['relative']:+.4f}"
+
+
 def predict_table(prediction) -> str:
     rows = []
     for domain, r in prediction.report.items():
         rows.append([domain, *r.proxy_weights, r.raw_weight, r.weight,
+                     "-" if r.trend_per_doubling is None else f"x{r.trend_per_doubling:.3f}",
+                     "-" if r.shrinkage is None else f"{r.shrinkage:.2f}",
                      f"x{r.observed_change_per_doubling:.3f}", f"x{r.predicted_change_per_doubling:.3f}",
                      "LEAVES" if r.leaves_proxy_range else "", r.guard or "",
                      {None: "", True: "yes", False: "no"}[r.trend_within_noise],
                      ", ".join(human_tokens(b) for b in r.kept_at_base_at)])
     budgets = [f"w@{human_tokens(b)}" for b in prediction.budgets]
     headers = ["domain", *budgets, "model w", f"w@{human_tokens(prediction.total_tokens)}",
-               "obs/doubling", "pred/doubling", "range", "guard", "trend in noise", "kept at base @"]
+               "trend/doubling", "kept", "obs/doubling", "pred/doubling", "range", "guard", "trend in noise", "kept at base @"]
     return format_table(headers, rows)
 
 

@@ -23,17 +23,29 @@ def ddo_rows(mixture: Mixture) -> Tuple[List[str], List[list]]:
     base_total = sum(base_tokens.values())
     sensitivity = provenance.get("sensitivity", {})
     intervals = sensitivity.get("weights", {})
+    shrunk = _noise_aware_record(mixture)
+    optimum = shrunk["unshrunk_weights"] if shrunk else mixture.weights
     rows = []
     for domain, weight in mixture.weights.items():
         fit = provenance["fits"][domain]
         fit_text = "flat" if fit["flat"] else f"a={fit['a']:.3g} b={fit['b']:.3g}"
-        rows.append([domain, base_tokens[domain] / base_total, weight, provenance["ratios"][domain],
-                     provenance["active_bounds"][domain] or "", fit_text,
-                     *_noise_cells(intervals.get(domain))])
+        row = [domain, base_tokens[domain] / base_total, optimum[domain], provenance["ratios"][domain],
+               provenance["active_bounds"][domain] or "", fit_text,
+               *_noise_cells(intervals.get(domain))]
+        if shrunk:
+            row += [f"{shrunk['factors'][domain]:.2f}", weight]
+        rows.append(row)
     coverage_pct = int(sensitivity.get("coverage", 0.9) * 100)
     headers = ["domain", "base w", "DDO w", "ratio", "bound", "fit",
                f"{coverage_pct}% interval", "within noise"]
+    if shrunk:
+        headers += ["move kept", "noise-aware w"]
     return headers, rows
+
+
+def _noise_aware_record(mixture: Mixture) -> Optional[dict]:
+    record = mixture.provenance.get("noise_aware")
+    return record if isinstance(record, dict) and record.get("applied") else None
 
 
 def _noise_cells(interval: Optional[dict]) -> List[str]:
@@ -48,9 +60,14 @@ def noise_line(mixture: Mixture, sigma_hint: str) -> str:
     sensitivity = mixture.provenance.get("sensitivity", {})
     if "relative_sigma" in sensitivity:
         coverage_pct = int(sensitivity["coverage"] * 100)
-        return (f"noise: relative sigma {sensitivity['relative_sigma']:.3g} "
+        line = (f"noise: relative sigma {sensitivity['relative_sigma']:.3g} "
                 f"({sensitivity['sigma_source']}), {sensitivity['draws']} draws; "
                 f"within noise = base weight inside the {coverage_pct}% interval")
+        shrunk = _noise_aware_record(mixture)
+        if shrunk:
+            line += (f"; noise-aware: each move from the base kept by its share (empirical "
+                     f"Bayes, prior std of a log move {shrunk['prior_std']:.3g})")
+        return line
     if sensitivity.get("skipped") == SKIPPED_OFF:
         return "noise: not assessed (0 sensitivity draws)"
     return f"noise: unknown -- {sigma_hint}"

@@ -25,6 +25,8 @@ from scipy.optimize import brentq, least_squares
 from .ddo import short_fingerprint
 from .errors import InfeasibleError, InputError
 from .formats import Mixture
+from .noise_aware import log_weight_noise
+from .shrinkage import ESTIMATOR, Shrinkage, shrink_toward_zero
 from .tables import human_tokens
 
 logger = logging.getLogger(__name__)
@@ -105,9 +107,32 @@ class DomainReport:
     kept_at_base_at: List[float] = field(default_factory=list)
     """Proxy budgets whose DDO left this domain at its base quantity (flat response or failed
     runs): there its weight is not a measured optimum, so the trend through it is not either."""
+    trend_per_doubling: Optional[float] = None
+    """Weight factor per doubling of budget, fitted over all proxy budgets (weighted by the
+    noise of each budget's weight when known)."""
+    trend_noise: Optional[float] = None
+    """Std of that trend's log (per doubling), from the mixtures' noise; None when unknown."""
+    trend_log_residual: Optional[float] = None
+    """RMS residual of the log weight about the trend (three or more budgets)."""
+    shrinkage: Optional[float] = None
+    """Share of the extrapolated change that is kept (1: the paper's rule; 0: the largest
+    budget's weight); None when the noise is unknown or the prediction is plain."""
+    shrunk_weight: Optional[float] = None
+    """Weight after the shrinkage and before guards."""
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+
+@dataclass
+class TrendEstimate:
+    """Each domain's trend of log weight per doubling of budget, with its noise."""
+
+    domains: List[str]
+    slope: np.ndarray
+    variance: List[Optional[float]]
+    """Sampling variance of each slope; None where a budget's noise is unknown."""
+    rms_log_residual: np.ndarray
 
 
 @dataclass
@@ -120,6 +145,8 @@ class Prediction:
     model: LogLinearModel
     budgets: List[float]
     report: Dict[str, DomainReport]
+    shrinkage: Optional[Shrinkage] = None
+    """The noise-aware step (None for a plain prediction)."""
 
 
 def fit_log_linear(mixtures: Sequence[Mixture]) -> LogLinearModel:
@@ -168,8 +195,14 @@ def _regress_per_domain(log_tokens: np.ndarray, coordinates: np.ndarray):
 
 
 def predict(mixtures: Sequence[Mixture], target_tokens: Optional[float] = None,
-            steps: Optional[float] = None, guards: Optional[PredictGuards] = None) -> Prediction:
-    """Predict the mixture at ``target_tokens`` total, or ``steps`` units of s past the last."""
+            steps: Optional[float] = None, guards: Optional[PredictGuards] = None,
+            noise_aware: bool = True) -> Prediction:
+    """Predict the mixture at ``target_tokens`` total, or ``steps`` units of s past the last.
+
+    ``noise_aware`` shrinks each domain's extrapolated change toward the largest budget's
+    weight by the signal-to-noise ratio of its trend (:func:`shrink_extrapolation`); where
+    the mixtures carry no noise it changes nothing, and the prediction is the paper's rule.
+    """
     ordered = _check_inputs(mixtures, target_tokens, steps)
     _warn_on_eval_sets(ordered)
     model = fit_log_linear(ordered)
@@ -187,14 +220,88 @@ def predict(mixtures: Sequence[Mixture], target_tokens: Optional[float] = None,
     total = float(exact_total)
     raw_weights = raw_tokens / raw_tokens.sum()
     budgets = [m.total_tokens for m in ordered]
+    trends = weight_trends(ordered)
+    shrinkage = shrink_toward_zero(trends.slope.tolist(), trends.variance) if noise_aware else None
+    shrunk = shrink_extrapolation(raw_weights, ordered[-1], shrinkage)
     guards = guards or PredictGuards()
     held = [d for d in model.domains if guards.hold_unmeasured and _kept_at_base(d, ordered)]
-    weights, applied = _apply_guards(model.domains, raw_weights, ordered[-1], budgets[-1], total,
+    weights, applied = _apply_guards(model.domains, shrunk, ordered[-1], budgets[-1], total,
                                      guards, held)
     report = _report(model.domains, ordered, raw_weights, weights, total, applied)
+    _add_trends(report, trends, shrinkage, shrunk)
     tokens = {d: float(w * total) for d, w in zip(model.domains, weights)}
     return Prediction(s, exact_total, tokens, dict(zip(model.domains, map(float, weights))), model,
-                      budgets, report)
+                      budgets, report, shrinkage)
+
+
+def weight_trends(ordered: Sequence[Mixture]) -> TrendEstimate:
+    """Per domain, the weighted least-squares slope of log weight against log2 budget.
+
+    Each budget's point is weighted by the inverse variance of its log weight (the noise the
+    mixture records, :func:`autoscale_ds.noise_aware.log_weight_noise`). With three or more
+    budgets the slope's variance is inflated by the residual when the points scatter more
+    about the line than their noise says (reduced chi-square > 1).
+    """
+    domains = list(ordered[0].weights)
+    x = np.log2([float(m.total_tokens) for m in ordered])
+    noise = [log_weight_noise(m) for m in ordered]
+    slopes, variances, residuals = [], [], []
+    for domain in domains:
+        y = np.log([m.weights[domain] for m in ordered])
+        sds = [n[domain] for n in noise]
+        slope, variance, residual = _weighted_slope(x, y, None if None in sds else np.array(sds))
+        slopes.append(slope)
+        variances.append(variance)
+        residuals.append(residual)
+    return TrendEstimate(domains, np.array(slopes), variances, np.array(residuals))
+
+
+def _weighted_slope(x: np.ndarray, y: np.ndarray, sd: Optional[np.ndarray]):
+    """(slope, its variance or None, RMS residual) of y on x."""
+    if sd is None or not np.any(sd > 0):
+        slope = float(np.polyfit(x, y, 1)[0])
+        residual = y - np.polyval(np.polyfit(x, y, 1), x)
+        return slope, (None if sd is None else 0.0), float(np.sqrt(np.mean(residual**2)))
+    # A budget whose weight carries no noise (e.g. pinned at a bound in every draw) would get
+    # an infinite weight; the smallest positive noise of the others stands in for it.
+    sd = np.where(sd > 0, sd, sd[sd > 0].min())
+    w = 1.0 / sd**2
+    x_mean = float(np.sum(w * x) / w.sum())
+    y_mean = float(np.sum(w * y) / w.sum())
+    sxx = float(np.sum(w * (x - x_mean) ** 2))
+    slope = float(np.sum(w * (x - x_mean) * (y - y_mean)) / sxx)
+    residual = y - (y_mean + slope * (x - x_mean))
+    variance = 1.0 / sxx
+    if len(x) > 2:
+        reduced_chi2 = float(np.sum(w * residual**2)) / (len(x) - 2)
+        variance *= max(1.0, reduced_chi2)
+    return slope, variance, float(np.sqrt(np.mean(residual**2)))
+
+
+def shrink_extrapolation(raw_weights: np.ndarray, last: Mixture,
+                         shrinkage: Optional[Shrinkage]) -> np.ndarray:
+    """Keep the share ``k_i`` of each domain's extrapolated log change past the largest
+    budget: ``log w_i = log w_last,i + k_i (log w_raw,i - log w_last,i)``, renormalised."""
+    if shrinkage is None or all(k == 1.0 for k in shrinkage.factors):
+        return raw_weights  # bit for bit the paper's rule
+    last_weights = np.array([last.weights[d] for d in last.weights])
+    factors = np.array(shrinkage.factors)
+    shrunk = last_weights * np.exp(factors * (np.log(raw_weights) - np.log(last_weights)))
+    return shrunk / shrunk.sum()
+
+
+def _add_trends(report: Dict[str, DomainReport], trends: TrendEstimate,
+                shrinkage: Optional[Shrinkage], shrunk: np.ndarray) -> None:
+    for i, domain in enumerate(trends.domains):
+        entry = report[domain]
+        entry.trend_per_doubling = float(math.exp(trends.slope[i]))
+        variance = trends.variance[i]
+        entry.trend_noise = None if variance is None else float(math.sqrt(variance))
+        entry.trend_log_residual = (float(trends.rms_log_residual[i])
+                                    if len(entry.proxy_weights) > 2 else None)
+        if shrinkage is not None and variance is not None:
+            entry.shrinkage = float(shrinkage.factors[i])
+        entry.shrunk_weight = float(shrunk[i])
 
 
 def _check_inputs(mixtures, target_tokens, steps) -> List[Mixture]:
@@ -387,6 +494,20 @@ def prediction_to_mixture(prediction: Prediction, inputs: List[dict], guards: Pr
         "guards": {"floor": guards.floor, "max_change_per_doubling": guards.max_change_per_doubling,
                    "hold_unmeasured": guards.hold_unmeasured, "ceiling": guards.ceiling},
         "report": {d: r.to_dict() for d, r in prediction.report.items()},
+        "noise_aware": _noise_aware_record(prediction),
     }
     return Mixture(int(sum(rounded)), dict(prediction.weights), dict(zip(domains, rounded)),
                    "autoscale", provenance)
+
+
+def _noise_aware_record(prediction: Prediction) -> dict:
+    shrinkage = prediction.shrinkage
+    if shrinkage is None:
+        return {"applied": False, "reason": "plain prediction (the paper's rule)"}
+    if shrinkage.prior_variance is None:
+        return {"applied": False, "reason": "the mixtures carry no noise: the paper's rule"}
+    domains = list(prediction.report)
+    return {"applied": True, "estimator": ESTIMATOR, "shrunk_toward": "largest budget's weight",
+            "prior_std_per_doubling": shrinkage.prior_std,
+            "factors": {d: prediction.report[d].shrinkage for d in domains},
+            "unshrunk_weights": {d: prediction.report[d].raw_weight for d in domains}}

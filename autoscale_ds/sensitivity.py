@@ -4,18 +4,20 @@ Small proxy runs are noisy: two seeds of the same mixture can differ by more tha
 single-domain perturbation changes the loss (DESIGN.md, "Noise is the enemy of small
 proxies"). We redo the whole fit + solve on objectives perturbed by multiplicative
 Gaussian noise and report, per domain, the spread of the resulting weight. The noise level
-is either given (relative sigma) or estimated from runs that share identical token counts
-(e.g. the base run repeated with several seeds).
+is either given (relative sigma), or estimated from runs that share identical token counts
+(e.g. the base run repeated with several seeds, or every run with ``replicate_perturbed``), or,
+without repeats, from the residuals of responses measured at more than three ratios.
 """
 
 import logging
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
-from .ddo import DDOOptions, Design, solve_design
+from .ddo import BASE, DDOOptions, Design, solve_design
+from .fit import fit_response
 from .errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -38,6 +40,11 @@ class WeightInterval:
     """Weight of this domain in the base run: where DDO started from."""
     flat_fraction: float
     """Share of noisy draws in which this domain's fit came out flat."""
+    log_noise: float = math.nan
+    """RMS deviation of the draws' log weight from the measured weight's: the noise of a
+    relative move, as the noise-aware DDO and predictor use it. About the measured weight,
+    not the draws' mean: when noise makes most draws' fits flat (weights back at the base),
+    the draws cluster away from the measured optimum, and that disagreement is noise too."""
 
     @property
     def move_within_noise(self) -> bool:
@@ -47,7 +54,8 @@ class WeightInterval:
     def to_dict(self) -> dict:
         return {"weight": self.weight, "mean": self.mean, "std": self.std, "lo": self.lo,
                 "hi": self.hi, "base_weight": self.base_weight,
-                "flat_fraction": self.flat_fraction, "move_within_noise": self.move_within_noise}
+                "flat_fraction": self.flat_fraction, "move_within_noise": self.move_within_noise,
+                "log_noise": self.log_noise}
 
 
 @dataclass
@@ -76,11 +84,33 @@ def estimate_relative_noise(design: Design) -> Optional[float]:
     return math.sqrt(squares / dof) if dof else None
 
 
+def residual_noise(design: Design) -> Optional[Tuple[float, int]]:
+    """(relative sigma, degrees of freedom) from the least-squares residuals of responses
+    measured at more than three ratios (e.g. ``ratios: [0.2, 0.5, 2, 3]``), or None.
+
+    A response has three parameters, so a domain with ``n`` points leaves ``n - 3`` degrees
+    of freedom; flat fits (no power law) are left out. Used when no run is repeated.
+    """
+    y = design.objectives / np.mean(design.objectives[design.point_domain == BASE])
+    squares, dof = 0.0, 0
+    for index, domain in enumerate(design.domains):
+        mask = (design.point_domain == index) | (design.point_domain == BASE)
+        if len(np.unique(design.point_ratio[mask])) <= 3:
+            continue
+        fit = fit_response(domain, design.point_ratio[mask], y[mask], warn=False)
+        if fit.flat:
+            continue
+        squares += fit.rms_residual ** 2 * fit.num_points
+        dof += fit.num_points - 3
+    return (math.sqrt(squares / dof), dof) if dof else None
+
+
 def skip_reason(design: Design, relative_sigma: Optional[float], draws: int) -> Optional[str]:
     """Why no sensitivity report can be made (recorded in the mixture), or None if it can."""
     if draws <= 0:
         return SKIPPED_OFF
-    if relative_sigma is None and estimate_relative_noise(design) is None:
+    if relative_sigma is None and estimate_relative_noise(design) is None \
+            and residual_noise(design) is None:
         return SKIPPED_NOISE_UNKNOWN
     return None
 
@@ -118,11 +148,15 @@ def _resolve_sigma(design: Design, relative_sigma: Optional[float]):
             raise InputError(f"noise sigma must be a non-negative number, got {relative_sigma!r}")
         return float(relative_sigma), "given"
     estimate = estimate_relative_noise(design)
-    if estimate is None:
-        raise InputError("no noise level given and none can be estimated: the runs file has no "
-                         "repeated runs (e.g. the base run with several seeds); pass --noise-sigma")
-    groups = len(design.replicate_groups)
-    return estimate, f"estimated from {groups} group(s) of repeated runs"
+    if estimate is not None:
+        groups = len(design.replicate_groups)
+        return estimate, f"estimated from {groups} group(s) of repeated runs"
+    residual = residual_noise(design)
+    if residual is not None:
+        return residual[0], f"estimated from fit residuals ({residual[1]} degrees of freedom)"
+    raise InputError("no noise level given and none can be estimated: the runs file has no "
+                     "repeated runs (e.g. the base run with several seeds) and no domain was "
+                     "perturbed at more than two ratios; pass --noise-sigma")
 
 
 def _summarise(design, nominal, samples, flat_fraction, coverage) -> Dict[str, WeightInterval]:
@@ -131,11 +165,15 @@ def _summarise(design, nominal, samples, flat_fraction, coverage) -> Dict[str, W
     hi = np.quantile(samples, 1.0 - tail, axis=0)
     base_weights = design.base_tokens / design.base_tokens.sum()
     nominal_weights = nominal.weights
+    measured = np.log([nominal_weights[d] for d in design.domains])
+    deviation = np.log(np.maximum(samples, 1e-300)) - measured[None, :]
+    log_noise = np.sqrt(np.mean(deviation**2, axis=0))
     return {
         domain: WeightInterval(
             weight=nominal_weights[domain], mean=float(samples[:, i].mean()),
             std=float(samples[:, i].std(ddof=1)), lo=float(lo[i]), hi=float(hi[i]),
             base_weight=float(base_weights[i]), flat_fraction=float(flat_fraction[i]),
+            log_noise=float(log_noise[i]),
         )
         for i, domain in enumerate(design.domains)
     }

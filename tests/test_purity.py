@@ -9,7 +9,8 @@ import pytest
 PURE_MODULES = [
     "autoscale_ds", "autoscale_ds.fit", "autoscale_ds.solve", "autoscale_ds.ddo",
     "autoscale_ds.predict", "autoscale_ds.sensitivity", "autoscale_ds.formats",
-    "autoscale_ds.ddo_table",
+    "autoscale_ds.ddo_table", "autoscale_ds.shrinkage", "autoscale_ds.noise_aware",
+    "autoscale_ds.backtest",
     "autoscale_ds.export", "autoscale_ds.datapaths", "autoscale_ds.atomic",
     "autoscale_ds.errors", "autoscale_ds.tables", "autoscale_ds.curves",
     "autoscale_ds.data.indexed", "autoscale_ds.data.samples", "autoscale_ds.data.manifest",

@@ -26,6 +26,7 @@ from .sweep import SweepConfig, check_common_settings
 
 logger = logging.getLogger(__name__)
 
+BACKTEST_FILE = "backtest.json"
 DEFAULT_SEEDS = (0, 1)  # two base runs per budget: the least that estimates the noise
 
 
@@ -46,11 +47,17 @@ class PipelineConfig:
     ``[0, 1]``: the base run's spread over seeds is the noise level of the sensitivity report
     (per-weight intervals, moves within noise). A single seed is honoured, with a warning, but
     then the noise is unknown unless ``ddo: {noise_sigma: S}`` gives it."""
+    replicate_perturbed: bool = False
+    """Run every perturbed run with each seed too (see SweepConfig.replicate_perturbed)."""
     train: Dict[str, Any] = field(default_factory=dict)
     executor: Dict[str, Any] = field(default_factory=lambda: {"kind": "local", "workers": 1})
     ddo: Dict[str, Any] = field(default_factory=dict)
+    """autoscale ddo options, plus noise_sigma, sensitivity_draws and noise_aware (default
+    true: each DDO move is shrunk toward the base by its signal-to-noise ratio)."""
     predict: Dict[str, Any] = field(default_factory=dict)
-    """Guards: floor ({domain or "*": weight}) and max_change_per_doubling."""
+    """Guards: floor ({domain or "*": weight}), max_change_per_doubling, ceiling, max_epochs,
+    hold_unmeasured; and noise_aware (default true: each extrapolated change is shrunk toward
+    the largest budget's weight by the signal-to-noise ratio of its trend)."""
     export: Dict[str, Any] = field(default_factory=lambda: {"formats": ["megatron", "gpt-neox", "hf"]})
     """formats (list) and data_paths (a paths map file; default: the manifest's own stores)."""
 
@@ -104,7 +111,8 @@ class PipelineConfig:
     def sweep(self, budget: float) -> SweepConfig:
         sweep = SweepConfig(manifest=self.manifest, output_dir=str(Path(self.output_dir) / f"ddo_{human_tokens(budget)}"),
                             budget_tokens=budget, domains=self.domains, base_weights=self.base_weights,
-                            ratios=self.ratios, seeds=self.seeds, train=self.train,
+                            ratios=self.ratios, seeds=self.seeds,
+                            replicate_perturbed=self.replicate_perturbed, train=self.train,
                             executor=self.executor, ddo=self.ddo)
         sweep.origin = self.origin
         return sweep
@@ -195,6 +203,8 @@ class PipelineResult:
     mixture_path: Path
     report_path: Path
     exports: Dict[str, Path]
+    backtest: Optional[dict] = None
+    """The ``autoscale.backtest/v1`` record (three or more budgets), also in backtest.json."""
 
 
 def run_pipeline(config: PipelineConfig) -> PipelineResult:
@@ -210,8 +220,10 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
             sweeps.append(run_sweep(config.sweep(budget)))
         logger.info("predicting the mixture at the target budget, writing exports and the report")
         prediction, mixture = _predict(config, sweeps, checked.guards)
-        mixture_path, exports, report_path = _write_outputs(checked, out, sweeps, prediction, mixture)
-    return PipelineResult(sweeps, prediction, mixture_path, report_path, exports)
+        backtest = _backtest(config, sweeps, checked.guards)
+        mixture_path, exports, report_path = _write_outputs(checked, out, sweeps, prediction,
+                                                            mixture, backtest)
+    return PipelineResult(sweeps, prediction, mixture_path, report_path, exports, backtest)
 
 
 @contextmanager
@@ -227,27 +239,52 @@ def _predict(config: PipelineConfig, sweeps, guards):
     from ..predict import predict, prediction_to_mixture
 
     prediction = predict([s.mixture for s in sweeps], target_tokens=config.target_tokens,
-                         steps=config.steps, guards=guards)
+                         steps=config.steps, guards=guards, noise_aware=predict_noise_aware(config))
     inputs = [{"path": str(s.mixture_path.relative_to(config.output_dir)),
                "total_tokens": s.mixture.total_tokens} for s in sweeps]
     return prediction, prediction_to_mixture(prediction, inputs, guards)
 
 
-def _write_outputs(checked: CheckedPipeline, out: Path, sweeps, prediction, mixture):
+def _backtest(config: PipelineConfig, sweeps, guards) -> Optional[dict]:
+    """Predict the largest budget's DDO mixture from the smaller ones (three or more
+    budgets): the user's own evidence of whether extrapolation works on their data. The
+    target's ceilings (``max_epochs``) do not apply at the held-out budget."""
+    from ..backtest import MIN_BUDGETS, backtest
+    from ..predict import PredictGuards
+
+    if len(sweeps) < MIN_BUDGETS:
+        return None
+    held_out_guards = PredictGuards(floor=guards.floor,
+                                    max_change_per_doubling=guards.max_change_per_doubling,
+                                    hold_unmeasured=guards.hold_unmeasured)
+    record = backtest([s.mixture for s in sweeps], held_out_guards,
+                      noise_aware=predict_noise_aware(config))
+    logger.info("backtest: predicting the %s-token DDO mixture from the smaller budgets misses "
+                "by %.4f per weight on average (max %.4f)", human_tokens(record["held_out_budget"]),
+                record["mean_abs_error"], record["max_abs_error"])
+    return record
+
+
+def _write_outputs(checked: CheckedPipeline, out: Path, sweeps, prediction, mixture,
+                   backtest: Optional[dict] = None):
     """Render the mixture, exports, plots and report into a staging folder, then publish
     them together (see :func:`autoscale_ds.orchestrate.outputs.publish`)."""
+    from ..atomic import atomic_write_json
     from ..export import export_mixture
     from .report import write_report
 
     staging = staging_dir(out)
     mixture_name = f"mixture_{human_tokens(mixture.total_tokens)}.json"
     save_mixture(staging / mixture_name, mixture)
+    if backtest is not None:
+        atomic_write_json(staging / BACKTEST_FILE, backtest)
     exports = {}
     for fmt in checked.formats:
         atomic_write_text(staging / "exports" / f"{fmt}.txt",
                           export_mixture(mixture.weights, checked.data_paths, fmt))
         exports[fmt] = out / "exports" / f"{fmt}.txt"
-    write_report(out, sweeps, prediction, mixture, out / mixture_name, exports, into=staging)
+    write_report(out, sweeps, prediction, mixture, out / mixture_name, exports, into=staging,
+                 backtest=backtest)
     publish(staging, out, last=REPORT_FILE)
     return out / mixture_name, exports, out / REPORT_FILE
 
@@ -257,6 +294,7 @@ def guard_settings(config: PipelineConfig, manifest=None) -> Dict[str, Any]:
     per-domain ceilings: the share of the target each domain can fill from its training
     tokens."""
     settings = predict_section(config.predict) if config.predict else {}
+    settings.pop("noise_aware", None)  # not a guard: see predict_noise_aware
     max_epochs = settings.pop("max_epochs", None)
     if max_epochs is None:
         return settings
@@ -276,3 +314,9 @@ def guard_settings(config: PipelineConfig, manifest=None) -> Dict[str, Any]:
 
 def mixture_domains(config: PipelineConfig, manifest) -> List[str]:
     return config.domains or list(manifest.domains)
+
+
+def predict_noise_aware(config: PipelineConfig) -> bool:
+    """``predict: {noise_aware: ...}``, on by default."""
+    settings = predict_section(config.predict) if config.predict else {}
+    return bool(settings.get("noise_aware", True))

@@ -13,7 +13,8 @@ logger = logging.getLogger(__name__)
 
 
 def write_report(out: Path, sweeps, prediction, mixture, mixture_path: Path,
-                 exports: Dict[str, Path], into: Optional[Path] = None) -> Path:
+                 exports: Dict[str, Path], into: Optional[Path] = None,
+                 backtest: Optional[dict] = None) -> Path:
     """``report.md`` and its plots, with links relative to ``out``, written to ``into``
     (default ``out``; the pipeline renders into a staging folder, then publishes)."""
     from ..plots import plot_weights
@@ -25,6 +26,8 @@ def write_report(out: Path, sweeps, prediction, mixture, mixture_path: Path,
     lines += _weights_table(sweeps, prediction)
     lines += ["", f"Predicted mixture: `{mixture_path.name}` (s = {prediction.s:.3f}; "
               f"log-linear RMS residual {prediction.model.rms_log_residual:.3g}).", ""]
+    lines += _noise_aware_lines(mixture)
+    lines += _backtest_lines(backtest)
     lines += ["## Weights across budgets", "", "![weights](weights.png)", ""]
     lines += ["## DDO at each budget: fitted responses, weights and noise", ""]
     for sweep in sweeps:
@@ -41,6 +44,38 @@ def write_report(out: Path, sweeps, prediction, mixture, mixture_path: Path,
     return path
 
 
+def _noise_aware_lines(mixture) -> list:
+    record = mixture.provenance.get("noise_aware", {})
+    if not record.get("applied"):
+        return [f"Prediction: {record.get('reason', 'plain (the paper rule)')}.", ""]
+    return [f"Noise-aware prediction: each domain keeps the share \"kept\" of its extrapolated "
+            f"change past the largest budget (empirical Bayes on the trend per doubling, prior "
+            f"std {record['prior_std_per_doubling']:.3g}); 0 keeps the largest budget's weight, 1 "
+            "is the paper's rule.", ""]
+
+
+def _backtest_lines(backtest: Optional[dict]) -> list:
+    if backtest is None:
+        return ["No backtest: it needs three or more DDO budgets.", ""]
+    held_out = human_tokens(backtest["held_out_budget"])
+    lines = ["## Backtest: the largest budget predicted from the smaller ones", "",
+             f"The {held_out}-token DDO mixture predicted from "
+             f"{', '.join(human_tokens(b) for b in backtest['input_budgets'])} (`backtest.json`):", "",
+             "| method | mean abs error | max abs error | predicted objective loss |",
+             "|---|---|---|---|"]
+    for name, result in backtest["methods"].items():
+        loss = result["predicted_objective_loss"]
+        loss_text = "n/a" if not loss or loss["relative"] is None else f"{loss['relative']:+.4f}"
+        lines.append(f"| {name.replace('_', '-')} | {result['mean_abs_error']:.4f} | "
+                     f"{result['max_abs_error']:.4f} | {loss_text} |")
+    lines += ["", "| domain | DDO | predicted | abs error |", "|---|---|---|---|"]
+    lines += [f"| {d} | {e['ddo']:.4f} | {e['predicted']:.4f} | {e['abs_error']:.4f} |"
+              for d, e in backtest["domains"].items()]
+    return lines + ["", "Predicted objective loss: the held-out budget's fitted DDO objective at "
+                    "the predicted weights minus at its DDO weights (a fraction of the base "
+                    "run's objective; > 0: worse).", ""]
+
+
 def _kept_note(budgets) -> str:
     if not budgets:
         return ""
@@ -50,7 +85,7 @@ def _kept_note(budgets) -> str:
 def _weights_table(sweeps, prediction):
     budgets = [human_tokens(s.mixture.total_tokens) for s in sweeps]
     header = ["domain", *[f"DDO @{b}" for b in budgets], f"AutoScale @{human_tokens(prediction.total_tokens)}",
-              "change/doubling", "note"]
+              "trend/doubling", "kept", "change/doubling", "note"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for domain, r in prediction.report.items():
         note = "; ".join(n for n in ("leaves proxy range" if r.leaves_proxy_range else "",
@@ -58,9 +93,17 @@ def _weights_table(sweeps, prediction):
                                      "trend within noise" if r.trend_within_noise else "",
                                      _kept_note(r.kept_at_base_at)) if n)
         cells = [domain, *[f"{w:.4f}" for w in r.proxy_weights], f"{r.weight:.4f}",
+                 _trend_text(r), "-" if r.shrinkage is None else f"{r.shrinkage:.2f}",
                  f"x{r.predicted_change_per_doubling:.3f}", note]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _trend_text(report) -> str:
+    if report.trend_per_doubling is None:
+        return "-"
+    noise = "" if report.trend_noise is None else f" (log sd {report.trend_noise:.2f})"
+    return f"x{report.trend_per_doubling:.3f}{noise}"
 
 
 def plot_loss_curves(sweeps, path: Path) -> Path:

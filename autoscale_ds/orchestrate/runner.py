@@ -19,6 +19,7 @@ from ..atomic import file_sha256
 from ..ddo import DDOOptions, build_design, result_to_mixture, solve_design
 from ..errors import InputError
 from ..formats import Mixture, runs_from_dict, save_mixture
+from ..noise_aware import shrink_ddo_mixture
 from .executors import existing_result, make_executor
 from .lock import DirectoryLock
 from .runs_store import RunsStore
@@ -171,6 +172,8 @@ def _solve(config: SweepConfig, out: Path, store: RunsStore, runs: List[ProxyRun
                   "sweep_budget_tokens": config.budget_tokens}
     mixture = result_to_mixture(result, provenance)
     mixture.provenance["sensitivity"] = _sensitivity(design, options, config)
+    if config.ddo.get("noise_aware", True):
+        mixture = shrink_ddo_mixture(mixture)
     save_mixture(out / MIXTURE_FILE, mixture)
     _plots(mixture, out)
     return mixture, result.pinned

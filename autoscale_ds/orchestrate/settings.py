@@ -17,9 +17,11 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 from ..errors import InputError
 
-DDO_EXTRA_KEYS = ("noise_sigma", "sensitivity_draws")
-"""Keys of a `ddo:` section that are not DDOOptions: they drive the sensitivity report."""
-PREDICT_KEYS = ("floor", "ceiling", "max_change_per_doubling", "max_epochs", "hold_unmeasured")
+DDO_EXTRA_KEYS = ("noise_sigma", "sensitivity_draws", "noise_aware")
+"""Keys of a `ddo:` section that are not DDOOptions: they drive the sensitivity report and
+the noise-aware weights."""
+PREDICT_KEYS = ("floor", "ceiling", "max_change_per_doubling", "max_epochs", "hold_unmeasured",
+                "noise_aware")
 EXPORT_KEYS = ("formats", "data_paths")
 
 
@@ -216,6 +218,7 @@ _DDO_CHECKS: Dict[str, Callable] = {
     "allow_mixed_eval": boolean,
     "noise_sigma": _optional(positive_number),
     "sensitivity_draws": _draws,
+    "noise_aware": boolean,
 }
 
 
@@ -250,7 +253,7 @@ def ddo_options(section: Any, where: str = "ddo"):
 def predict_section(section: Any, where: str = "predict") -> Dict[str, Any]:
     """A pipeline's `predict:` settings, typed: floor/ceiling as {domain or "*": weight}
     (a bare number means every domain), max_change_per_doubling, max_epochs,
-    hold_unmeasured. Raises ConfigProblems naming each bad key."""
+    hold_unmeasured, noise_aware. Raises ConfigProblems naming each bad key."""
     problems = Problems()
     section = mapping(problems, where, section, '{floor: {"*": 0.02}, max_change_per_doubling: 1.5}')
     unknown_keys(problems, where, section, PREDICT_KEYS)
@@ -261,6 +264,7 @@ def predict_section(section: Any, where: str = "predict") -> Dict[str, Any]:
             lambda p, w, v: positive_number(p, w, v, minimum=1.0, inclusive=True)),
         "max_epochs": _optional(positive_number),
         "hold_unmeasured": boolean,
+        "noise_aware": boolean,
     }
     settings = {key: checks[key](problems, f"{where}.{key}", value)
                 for key, value in section.items() if key in checks}

@@ -45,6 +45,10 @@ class SweepConfig:
     """The base run is repeated for every seed (its spread is the noise estimate); perturbed
     runs use the first. With one seed and no ``ddo.noise_sigma`` the noise is unknown and the
     mixture carries no weight intervals (the pipeline defaults to ``[0, 1]``)."""
+    replicate_perturbed: bool = False
+    """Also run every perturbed run with each of ``seeds`` (not only the first): the fit then
+    averages seeds at every ratio and the noise estimate pools every repeat, at
+    ``len(seeds)`` times the cost of the perturbed runs."""
     train: Dict[str, Any] = field(default_factory=dict)
     """Training settings shared by every proxy run (any launchers/train.py setting)."""
     executor: Dict[str, Any] = field(default_factory=lambda: {"kind": "local", "workers": 1})
@@ -62,6 +66,9 @@ class SweepConfig:
             self.budget_tokens = budget
         boolean(problems, "retry_failed", self.retry_failed)
         problems.raise_if_any(self.origin)
+
+    def perturbation_seeds(self) -> List[int]:
+        return list(self.seeds) if self.replicate_perturbed else list(self.seeds[:1])
 
     @property
     def family(self) -> str:
@@ -97,6 +104,7 @@ def check_common_settings(config, problems: Problems) -> None:
     if not (isinstance(seeds, list) and seeds and all(is_whole(s) and s >= 0 for s in seeds)
             and len(set(seeds)) == len(seeds)):
         problems.add("seeds", f"must be a list of distinct whole numbers >= 0 like [0, 1], got {seeds!r}")
+    boolean(problems, "replicate_perturbed", config.replicate_perturbed)
     _check_train(config.train, problems)
     mapping(problems, "executor", config.executor, "{kind: local, workers: 2}")
     problems.attempt(None, ddo_section, config.ddo)
@@ -171,7 +179,9 @@ def named_weights(spec, domains, manifest) -> Dict[str, float]:
 
 
 def plan_sweep(config: SweepConfig) -> List[ProxyRun]:
-    """The base run (once per seed) and each domain at each ratio (first seed), in order.
+    """The base run (once per seed) and each domain at each ratio (first seed, or every seed
+    with ``replicate_perturbed``), in order. Extra seeds' run ids end in ``-s<seed>``, so a
+    sweep that turns replication on keeps its finished first-seed runs.
 
     Quantities are whole samples and every run fills whole optimizer steps, so the trainer
     consumes exactly what is planned. The base absorbs its own rounding; a perturbed run
@@ -186,8 +196,10 @@ def plan_sweep(config: SweepConfig) -> List[ProxyRun]:
     for domain in base:
         for ratio in config.perturbation_ratios():
             samples = dict(base, **{domain: _perturbed_samples(base, domain, ratio, batch)})
-            runs.append(_proxy(config, f"{domain}-x{ratio:.4g}", samples_to_tokens(samples, seq_len),
-                               config.seeds[0]))
+            for seed in config.perturbation_seeds():
+                suffix = "" if seed == config.seeds[0] else f"-s{seed}"
+                runs.append(_proxy(config, f"{domain}-x{ratio:.4g}{suffix}",
+                                   samples_to_tokens(samples, seq_len), seed))
     return runs
 
 
