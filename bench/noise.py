@@ -16,7 +16,7 @@ corpus, at its smallest budget):
 and the share of a proxy run's wall time spent evaluating. Figures (b) and the eval cost need
 runs that record ``eval_halves`` / ``eval_seconds``; older runs show them as not recorded.
 
-    python bench/noise.py                        # the demo's setup at 150K tokens, seeds 0 1 2
+    python bench/noise.py                        # the demo's smallest budget, seeds 0 1 2
     python bench/noise.py --quick                # 4 domains at 40K tokens: a fast check
     python bench/noise.py --config AUTOSCALE.yaml --budget 1e6 --seeds 0 1 2 3
 

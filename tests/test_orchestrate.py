@@ -171,11 +171,11 @@ def test_pipeline_with_local_workers_writes_mixture_exports_and_report(prepared,
     config = tmp_path / "autoscale.yaml"
     config.write_text(yaml.safe_dump({
         "manifest": str(prepared.root / "manifest.yaml"), "output_dir": str(out),
-        "budgets": [3072, 6144], "target_tokens": 50_000, "domains": DOMAINS[:2], "seeds": [0],
+        "budgets": [3072, 6144, 12288], "target_tokens": 50_000, "domains": DOMAINS[:2],
         "train": {"model_size": "tiny", "seq_len": 32, "micro_batch_size": 8, "global_batch_size": 8,
                   "eval_samples_per_domain": 4, "eval_interval_steps": 4},
         "executor": {"kind": "local", "workers": 2},
-        "ddo": {"sensitivity_draws": 0}, "predict": {"floor": {"*": 0.05}},
+        "ddo": {"sensitivity_draws": 20}, "predict": {"floor": {"*": 0.05}},
         "export": {"formats": ["megatron", "gpt-neox"]},
     }))
     result = subprocess.run([sys.executable, "-m", "autoscale_ds", "pipeline", "--config", str(config)],
@@ -185,14 +185,28 @@ def test_pipeline_with_local_workers_writes_mixture_exports_and_report(prepared,
     assert mixture["method"] == "autoscale" and mixture["total_tokens"] == 50_000
     assert min(mixture["weights"].values()) >= 0.05 - 1e-12
     for name in ("report.md", "weights.png", "loss_curves.png", "ddo_3.07K/responses.png",
-                 "ddo_6.14K/responses.png", "exports/megatron.txt", "exports/gpt-neox.txt"):
+                 "ddo_12.3K/responses.png", "exports/megatron.txt", "exports/gpt-neox.txt",
+                 "backtest.json"):
         assert (out / name).exists(), name
     report = (out / "report.md").read_text()
     assert "AutoScale @50K" in report and "![weights](weights.png)" in report
+    # Noise-aware by default: the base run over seeds 0 and 1 gives each DDO weight its
+    # noise, each DDO mixture its shrinkage, and the prediction its shrinkage per domain.
+    ddo = json.loads((out / "ddo_12.3K" / "mixture.json").read_text())
+    assert ddo["provenance"]["noise_aware"]["applied"] is True
+    assert set(ddo["provenance"]["noise_aware"]["factors"]) == set(DOMAINS[:2])
+    assert mixture["provenance"]["noise_aware"]["applied"] in (True, False)
+    # Three budgets: the largest is predicted from the two smaller ones, in the report too.
+    backtest = json.loads((out / "backtest.json").read_text())
+    assert backtest["schema"] == "autoscale.backtest/v1"
+    assert set(backtest["domains"]) == set(DOMAINS[:2])
+    assert backtest["domains"]["code"]["ddo"] == pytest.approx(ddo["weights"]["code"])
+    assert set(backtest["methods"]) == {"noise_aware", "plain"}
+    assert "## Backtest" in report and "| noise-aware |" in report
     megatron = (out / "exports" / "megatron.txt").read_text().split()
     assert len(megatron) == 4 and megatron[1].endswith("code/train_text_document")
     # Every proxy ran in a worker process of its own, with a log.
-    assert len(list(out.glob("ddo_*/runs/*/train.log"))) == 2 * (1 + 2 * 2)
+    assert len(list(out.glob("ddo_*/runs/*/train.log"))) == 3 * (2 + 2 * 2)
     assert "mixture:" in result.stdout and "report:" in result.stdout
 
 
