@@ -28,7 +28,7 @@ echo "==> building the built-in corpus and its tokenizer in $OUT/prepared"
 "$VENV/bin/autoscale" prepare --builtin-corpus --train-tokenizer 2000 \
     --out-dir "$OUT/prepared"
 
-echo "==> running the AutoScale pipeline (about 9 minutes on 2 cores; one line per proxy run)"
+echo "==> running the AutoScale pipeline (about 12 minutes on 2 cores; one line per proxy run)"
 "$VENV/bin/autoscale" pipeline --config examples/demo_pipeline.yaml \
     --set manifest="$OUT/prepared/manifest.yaml" --set output_dir="$OUT/autoscale" "$@" \
     | tee "$OUT/pipeline.txt"
