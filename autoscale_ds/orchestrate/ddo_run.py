@@ -1,6 +1,8 @@
 """``launchers/ddo.py`` / ``autoscale ddo-run``: one DDO sweep from a YAML config."""
 
+import atexit
 import logging
+import os
 import sys
 
 from ..errors import InputError
@@ -51,14 +53,23 @@ def _run_multi_rank(path: str, overrides=None) -> int:
     from .executors import RankGroup, follow_rank0
 
     ranks = RankGroup()
+    if ranks.rank != 0:
+        code = follow_rank0(ranks)
+        ranks.acknowledge_stop()
+        # Gone before rank 0 is: when rank 0 exits with an error, the launcher stops the
+        # ranks still alive, and one still tearing down would be reported as failed too. The
+        # exit handlers run; the slow interpreter teardown is skipped.
+        ranks.close()
+        atexit._run_exitfuncs()
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     try:
-        if ranks.rank != 0:
-            return follow_rank0(ranks)
-        try:
-            return _run_sweep(path, overrides, ranks)
-        finally:
-            ranks.send(("stop", None))
+        return _run_sweep(path, overrides, ranks)
     finally:
+        ranks.send(("stop", None))
+        ranks.acknowledge_stop()
         ranks.close()
 
 

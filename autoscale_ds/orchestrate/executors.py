@@ -106,6 +106,13 @@ class RankGroup:
         self._dist.broadcast_object_list(box, src=0, group=self._group)
         return box[0]
 
+    def acknowledge_stop(self) -> None:
+        """Every rank meets here after "stop" (a rank that already died is not waited for)."""
+        try:
+            self._dist.barrier(group=self._group)
+        except RuntimeError as exc:
+            logger.warning("ranks did not all meet after the sweep: %s", exc)
+
     def close(self) -> None:
         if self._dist.is_initialized():
             self._dist.destroy_process_group()
