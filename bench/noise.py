@@ -120,6 +120,7 @@ def sweep_rows(sweep) -> Dict[str, dict]:
 
 def run_all(config, budget: float, seeds: List[int], out: Path):
     """(base rows by seed, DDO weights by seed, every run's row by directory)."""
+    from autoscale_ds.noise_aware import unshrunk
     from autoscale_ds.orchestrate.runner import run_sweep
 
     sweeps = {seed: seed_sweep(config, budget, seed, out) for seed in seeds}
@@ -127,7 +128,8 @@ def run_all(config, budget: float, seeds: List[int], out: Path):
     ddo = {}
     for seed in seeds[:2]:  # (c): the sweep resumes from its base run trained above
         logger.info("DDO sweep with seed %d at %s tokens", seed, f"{budget:,.0f}")
-        ddo[seed] = dict(run_sweep(sweeps[seed]).mixture.weights)
+        # The DDO optimum itself (with ddo.noise_sigma set, the sweep would also shrink it).
+        ddo[seed] = dict(unshrunk(run_sweep(sweeps[seed]).mixture).weights)
     rows = {}
     for sweep in sweeps.values():
         rows.update(sweep_rows(sweep))
