@@ -113,6 +113,33 @@ class Design:
     """Point indices of runs sharing identical token counts (for the noise estimate)."""
     eval_set: Dict = field(default_factory=lambda: {"fingerprint": None, "mixed": False})
     """The eval set the ok runs were measured on, as recorded in the mixture's provenance."""
+    point_seed: List[Optional[int]] = field(default_factory=list)
+    """Training seed of each point's run (the row's ``seed``), None when not recorded."""
+
+    def normalizers(self, objectives: np.ndarray) -> np.ndarray:
+        """Per point, the base objective it is relative to: the base run of the same seed
+        when there is one (paired), else the mean of all base runs.
+
+        Every proxy of a sweep with one seed shares its initial weights and sample order, so
+        a perturbed run differs from the base run of its seed by the mixture alone; dividing
+        by other seeds' base runs would add their seed-to-seed spread to every point.
+        """
+        is_base = self.point_domain == BASE
+        overall = float(np.mean(objectives[is_base]))
+        by_seed = {}
+        for seed in {s for s in self.point_seed if s is not None}:
+            mask = is_base & np.array([s == seed for s in self.point_seed])
+            if mask.any():
+                by_seed[seed] = float(np.mean(objectives[mask]))
+        seeds = self.point_seed or [None] * len(objectives)
+        return np.array([by_seed.get(seed, overall) for seed in seeds])
+
+    @property
+    def paired(self) -> bool:
+        """True when every perturbed point has a base run of its own seed."""
+        base_seeds = {s for s, d in zip(self.point_seed, self.point_domain) if d == BASE}
+        perturbed = [s for s, d in zip(self.point_seed, self.point_domain) if d != BASE]
+        return bool(perturbed) and all(s is not None and s in base_seeds for s in perturbed)
 
     @property
     def base_runs(self) -> List[str]:
@@ -169,8 +196,14 @@ def build_design(runs_file: RunsFile, options: DDOOptions, source: str = "<runs>
     for index, vector in enumerate(vectors):
         groups[vector].append(index)
     design = Design(domains, base, point_domain, point_ratio, [r.id for r in ok_runs],
-                    objectives, failed, [g for g in groups.values() if len(g) > 1], eval_set)
+                    objectives, failed, [g for g in groups.values() if len(g) > 1], eval_set,
+                    [_seed_of(run) for run in ok_runs])
     return design
+
+
+def _seed_of(run) -> Optional[int]:
+    seed = run.extra.get("seed")
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
 
 
 def check_eval_sets(ok_runs, allow_mixed: bool, source: str = "<runs>") -> dict:
@@ -290,8 +323,7 @@ def solve_design(design: Design, options: DDOOptions, objectives: Optional[np.nd
                  warn: bool = True) -> DDOResult:
     """Fit each domain's response and solve for the optimum (``objectives`` may be noisy)."""
     objectives = design.objectives if objectives is None else objectives
-    is_base = design.point_domain == BASE
-    y = objectives / np.mean(objectives[is_base])
+    y = objectives / design.normalizers(objectives)
     fits, pinned = [], {}
     for index, domain in enumerate(design.domains):
         fit, why_pinned = _fit_domain(design, index, y, options, warn)

@@ -84,6 +84,29 @@ def estimate_relative_noise(design: Design) -> Optional[float]:
     return math.sqrt(squares / dof) if dof else None
 
 
+def paired_noise(design: Design) -> Optional[Tuple[float, int]]:
+    """(relative sigma, degrees of freedom) of a perturbation's measured effect, from
+    perturbed runs repeated over seeds (``replicate_perturbed``), or None.
+
+    Each run is relative to the base run of its own seed (:meth:`Design.normalizers`), so
+    the spread of these ratios across seeds at one token vector is the noise of what DDO
+    fits — usually much less than the seed-to-seed spread of a single objective, which a
+    shared seed cancels.
+    """
+    if not design.paired:
+        return None
+    y = design.objectives / design.normalizers(design.objectives)
+    squares, dof = 0.0, 0
+    for group in design.replicate_groups:
+        seeds = {design.point_seed[i] for i in group}
+        if design.point_domain[group[0]] == BASE or len(seeds) < 2:
+            continue
+        relative = y[group] / y[group].mean()
+        squares += float(np.sum((relative - 1.0) ** 2))
+        dof += len(group) - 1
+    return (math.sqrt(squares / dof), dof) if dof else None
+
+
 def residual_noise(design: Design) -> Optional[Tuple[float, int]]:
     """(relative sigma, degrees of freedom) from the least-squares residuals of responses
     measured at more than three ratios (e.g. ``ratios: [0.2, 0.5, 2, 3]``), or None.
@@ -91,7 +114,7 @@ def residual_noise(design: Design) -> Optional[Tuple[float, int]]:
     A response has three parameters, so a domain with ``n`` points leaves ``n - 3`` degrees
     of freedom; flat fits (no power law) are left out. Used when no run is repeated.
     """
-    y = design.objectives / np.mean(design.objectives[design.point_domain == BASE])
+    y = design.objectives / design.normalizers(design.objectives)
     squares, dof = 0.0, 0
     for index, domain in enumerate(design.domains):
         mask = (design.point_domain == index) | (design.point_domain == BASE)
@@ -121,7 +144,7 @@ def weight_intervals(
     progress: Optional[Callable[[int], None]] = None,
 ) -> SensitivityReport:
     """Monte-Carlo interval of each weight; ``progress(1)`` is called after each draw."""
-    sigma, source = _resolve_sigma(design, relative_sigma)
+    sigma, source, on_effects = _resolve_sigma(design, relative_sigma)
     if draws < 2:
         raise InputError(f"sensitivity needs at least 2 draws, got {draws}")
     if not 0 < coverage < 1:
@@ -130,8 +153,11 @@ def weight_intervals(
     rng = np.random.default_rng(seed)
     samples = np.empty((draws, len(design.domains)))
     flat = np.zeros(len(design.domains))
+    # Noise of an effect (paired or residual estimate) goes on the perturbed runs only: the
+    # ratios DDO fits are relative to their base run, which carries none of it by definition.
+    scale = sigma * ((design.point_domain != BASE) if on_effects else np.ones(len(design.objectives)))
     for k in range(draws):
-        noisy = design.objectives * (1.0 + sigma * rng.standard_normal(design.objectives.shape))
+        noisy = design.objectives * (1.0 + scale * rng.standard_normal(design.objectives.shape))
         result = solve_design(design, options, objectives=np.maximum(noisy, 1e-12), warn=False)
         tokens = result.optimal_tokens
         samples[k] = tokens / tokens.sum()
@@ -146,14 +172,20 @@ def _resolve_sigma(design: Design, relative_sigma: Optional[float]):
     if relative_sigma is not None:
         if not (relative_sigma >= 0 and math.isfinite(relative_sigma)):
             raise InputError(f"noise sigma must be a non-negative number, got {relative_sigma!r}")
-        return float(relative_sigma), "given"
+        return float(relative_sigma), "given", False
+    paired = paired_noise(design)
+    if paired is not None:
+        return (paired[0], f"paired: perturbed runs repeated over seeds, each relative to its "
+                f"seed's base run ({paired[1]} degrees of freedom)", True)
     estimate = estimate_relative_noise(design)
     if estimate is not None:
         groups = len(design.replicate_groups)
-        return estimate, f"estimated from {groups} group(s) of repeated runs"
+        return (estimate, f"estimated from {groups} group(s) of repeated runs (seed-to-seed "
+                "spread of one objective: an upper bound when the runs share a seed)", False)
     residual = residual_noise(design)
     if residual is not None:
-        return residual[0], f"estimated from fit residuals ({residual[1]} degrees of freedom)"
+        return (residual[0], f"estimated from fit residuals ({residual[1]} degrees of freedom)",
+                True)
     raise InputError("no noise level given and none can be estimated: the runs file has no "
                      "repeated runs (e.g. the base run with several seeds) and no domain was "
                      "perturbed at more than two ratios; pass --noise-sigma")

@@ -176,9 +176,10 @@ def train_arms(config, weights: Dict[str, Dict[str, float]], target_tokens: floa
     from autoscale_ds.orchestrate.executors import make_executor
     from autoscale_ds.orchestrate.sweep import ProxyRun
 
+    same_as = identical_arms(planned_tokens(config, weights, target_tokens))
     runs = {(arm, seed): ProxyRun(run_name(arm, seed), _train_config(
         config, w, target_tokens, seed, out / run_name(arm, seed), evals)[0])
-        for arm, w in weights.items() for seed in seeds}
+        for arm, w in weights.items() if arm not in same_as for seed in seeds}
     missing = [run for run in runs.values()
                if _finished(run.output_dir, run.config.fingerprint()) is None]
     if missing:
@@ -187,7 +188,33 @@ def train_arms(config, weights: Dict[str, Dict[str, float]], target_tokens: floa
         started = time.monotonic()
         make_executor(config.executor).execute(missing, lambda run, row: logger.info(
             "%s: %s (%.0f s since start)", run.run_id, row["status"], time.monotonic() - started))
-    return {arm: [_arm_row(runs[arm, seed]) for seed in seeds] for arm in weights}
+    for arm, twin in same_as.items():
+        logger.info("arm %s has exactly the weights of %s: its runs are %s's", arm, twin, twin)
+    return {arm: [_arm_row(runs[same_as.get(arm, arm), seed]) for seed in seeds] for arm in weights}
+
+
+def planned_tokens(config, weights, target_tokens: float) -> Dict[str, Dict[str, int]]:
+    """Each arm's whole training tokens per domain, as its runs will train them."""
+    from autoscale_ds.orchestrate.sweep import sequence_and_batch, samples_to_tokens, whole_step_samples
+
+    seq_len, batch = sequence_and_batch(dict(config.train))
+    return {arm: samples_to_tokens(whole_step_samples(
+        {d: v * target_tokens for d, v in w.items()}, seq_len, batch), seq_len)
+        for arm, w in weights.items()}
+
+
+def identical_arms(planned: Dict[str, Dict[str, int]]) -> Dict[str, str]:
+    """{arm: the earlier arm that trains exactly the same tokens of every domain}: same
+    tokens, same seed and the same config train the same model (weights that differ in the
+    last float bit round to the same whole samples), so such an arm is not trained twice."""
+    same_as = {}
+    arms = list(planned)
+    for index, arm in enumerate(arms):
+        for earlier in arms[:index]:
+            if earlier not in same_as and planned[earlier] == planned[arm]:
+                same_as[arm] = earlier
+                break
+    return same_as
 
 
 def _arm_row(run) -> dict:
@@ -339,6 +366,8 @@ def print_report(results: dict) -> None:
     print("\nWeights")
     print(markdown_table(["arm", *domains], [[arm, *[f"{w[d]:.4f}" for d in domains]]
                                              for arm, w in results["weights"].items()]))
+    for arm, twin in results.get("identical_arms", {}).items():
+        print(f"({arm} trains exactly the tokens of {twin}: its runs are {twin}'s)")
     print(f"\nFinal validation perplexity at the target budget (seeds {seeds}; mean ± sample std)")
     relative_std = results["noise"]["seed_relative_std"]
     print(markdown_table(
@@ -474,6 +503,7 @@ def main() -> int:
     except InputError as exc:  # e.g. runs measured on different eval sets
         raise SystemExit(f"quality benchmark: {exc}") from None
     results["backtest"] = backtest
+    results["identical_arms"] = identical_arms(planned_tokens(config, weights, target_tokens))
     print_report(results)
     atomic_write_json(out / "quality.json", results)
     print(f"\ncurves: {plot(bands, out / 'quality_curves.png')}\nresults: {out / 'quality.json'}")

@@ -218,3 +218,13 @@ def test_quality_benchmark_trains_every_arm_and_reports_speedups(prepared, tmp_p
     assert again.returncode == 0, again.stderr[-3000:]
     assert "training" not in again.stderr.replace("training in this process", "")
     assert json.loads((out / "quality.json").read_text()) == results
+
+
+def test_arms_that_train_the_same_tokens_share_their_runs():
+    quality = _load_quality()
+    planned = {"uniform": {"a": 512, "b": 512}, "tokens": {"a": 256, "b": 768},
+               "ddo@8K": {"a": 512, "b": 512}, "autoscale": {"a": 512, "b": 512},
+               "autoscale-plain": {"a": 256, "b": 768}}
+    assert quality.identical_arms(planned) == {"ddo@8K": "uniform", "autoscale": "uniform",
+                                               "autoscale-plain": "tokens"}
+    assert quality.identical_arms({"uniform": {"a": 1}, "tokens": {"a": 2}}) == {}

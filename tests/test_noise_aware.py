@@ -265,3 +265,54 @@ def test_predict_backtest_on_the_command_line(tmp_path):
     assert record["schema"] == SCHEMA and set(record["domains"]) == set(DOMAINS)
     assert main(["predict", *paths[:4], "--backtest", "--out", str(out)]) == 2
     assert main(["predict", *paths, "--out", str(tmp_path / "x.json")]) == 2  # no target
+
+
+# ------------------------------------------------------------ paired (shared-seed) design
+
+def _seeded_runs(seed_factors, effect_noise=0.0, replicate=True):
+    """A sweep where seed s scales every objective by ``seed_factors[s]`` (what a shared
+    initialisation does) and each run adds its own noise of relative size ``effect_noise``."""
+    from synthetic import objective
+
+    a, b = np.array([0.3, 0.1, 0.5]), np.array([0.4, 0.9, 0.2])
+    names = ["web", "code", "books"]
+    rng = np.random.default_rng(7)
+    runs = []
+
+    def add(run_id, x, seed):
+        value = objective(x, a, b) * seed_factors[seed] * (1 + effect_noise * rng.standard_normal())
+        runs.append({"id": run_id, "train_tokens": dict(zip(names, (1e6 * x).tolist())),
+                     "eval": {"held_out": value}, "seed": seed})
+
+    for seed in range(len(seed_factors)):
+        add(f"base-s{seed}", np.ones(3), seed)
+    for i, name in enumerate(names):
+        for ratio in (0.2, 3.0):
+            x = np.ones(3)
+            x[i] = ratio
+            for seed in (range(len(seed_factors)) if replicate else [0]):
+                add(f"{name}-x{ratio}-s{seed}", x, seed)
+    return runs_from_dict({"schema": "autoscale.runs/v1", "metric": "perplexity", "runs": runs})
+
+
+def test_each_run_is_relative_to_the_base_run_of_its_own_seed():
+    options = DDOOptions()
+    exact = solve_design(build_design(_seeded_runs([1.0]), options), options).weights
+    design = build_design(_seeded_runs([1.0, 1.15], replicate=False), options)
+    assert design.paired
+    # A 15 % seed effect on every objective changes nothing: it cancels within each seed.
+    assert solve_design(design, options).weights == pytest.approx(exact, abs=1e-9)
+
+
+def test_the_noise_of_an_effect_is_measured_from_perturbed_runs_repeated_over_seeds():
+    from autoscale_ds.sensitivity import estimate_relative_noise, paired_noise
+
+    design = build_design(_seeded_runs([1.0, 1.15], effect_noise=0.002), DDOOptions())
+    sigma, dof = paired_noise(design)
+    assert dof == 6 and sigma < 0.01  # the effects' own noise, not the seed's
+    assert estimate_relative_noise(design) > 0.05  # the seed-to-seed spread of one objective
+    report = weight_intervals(design, DDOOptions(), draws=30)
+    assert report.sigma_source.startswith("paired")
+    unpaired = build_design(_seeded_runs([1.0, 1.15], replicate=False), DDOOptions())
+    assert paired_noise(unpaired) is None
+    assert "upper bound" in weight_intervals(unpaired, DDOOptions(), draws=5).sigma_source
