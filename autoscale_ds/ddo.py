@@ -115,17 +115,24 @@ class Design:
     """The eval set the ok runs were measured on, as recorded in the mixture's provenance."""
     point_seed: List[Optional[int]] = field(default_factory=list)
     """Training seed of each point's run (the row's ``seed``), None when not recorded."""
+    use_pairing: bool = False
+    """Each run is relative to the base run of its own seed (see :meth:`normalizers`)."""
 
-    def normalizers(self, objectives: np.ndarray) -> np.ndarray:
-        """Per point, the base objective it is relative to: the base run of the same seed
-        when there is one (paired), else the mean of all base runs.
+    def normalizers(self, objectives: np.ndarray, paired: Optional[bool] = None) -> np.ndarray:
+        """Per point, the base objective it is relative to: with pairing, the base run of
+        the same seed; else (the default) the mean of all base runs.
 
         Every proxy of a sweep with one seed shares its initial weights and sample order, so
-        a perturbed run differs from the base run of its seed by the mixture alone; dividing
-        by other seeds' base runs would add their seed-to-seed spread to every point.
+        if a seed's effect were common to its runs, dividing by the same seed's base would
+        cancel it. Measured on small proxies it is not (a different mixture reorders the
+        batches and the trajectories part), and one base run is noisier than the mean of
+        several. So pairing is used only where the data show it helps (:func:`_pairing_helps`).
         """
+        paired = self.use_pairing if paired is None else paired
         is_base = self.point_domain == BASE
         overall = float(np.mean(objectives[is_base]))
+        if not paired:
+            return np.full(len(objectives), overall)
         by_seed = {}
         for seed in {s for s in self.point_seed if s is not None}:
             mask = is_base & np.array([s == seed for s in self.point_seed])
@@ -198,7 +205,24 @@ def build_design(runs_file: RunsFile, options: DDOOptions, source: str = "<runs>
     design = Design(domains, base, point_domain, point_ratio, [r.id for r in ok_runs],
                     objectives, failed, [g for g in groups.values() if len(g) > 1], eval_set,
                     [_seed_of(run) for run in ok_runs])
+    design.use_pairing = _pairing_helps(design)
     return design
+
+
+def _pairing_helps(design: Design) -> bool:
+    """True when perturbed runs repeated over seeds agree better relative to their own
+    seed's base run than relative to the mean of the base runs (their spread is smaller)."""
+    if not design.paired:
+        return False
+    spreads = []
+    for paired in (True, False):
+        y = design.objectives / design.normalizers(design.objectives, paired)
+        squares = [float(np.sum((y[g] / y[g].mean() - 1.0) ** 2)) for g in design.replicate_groups
+                   if design.point_domain[g[0]] != BASE and len({design.point_seed[i] for i in g}) > 1]
+        if not squares:
+            return False
+        spreads.append(sum(squares))
+    return spreads[0] < spreads[1]
 
 
 def _seed_of(run) -> Optional[int]:

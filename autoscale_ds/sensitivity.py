@@ -86,14 +86,15 @@ def estimate_relative_noise(design: Design) -> Optional[float]:
 
 def paired_noise(design: Design) -> Optional[Tuple[float, int]]:
     """(relative sigma, degrees of freedom) of a perturbation's measured effect, from
-    perturbed runs repeated over seeds (``replicate_perturbed``), or None.
+    perturbed runs repeated over seeds (``replicate_perturbed``), or None (also when pairing
+    does not help, see :attr:`Design.use_pairing`: then every objective carries the noise).
 
     Each run is relative to the base run of its own seed (:meth:`Design.normalizers`), so
     the spread of these ratios across seeds at one token vector is the noise of what DDO
     fits — usually much less than the seed-to-seed spread of a single objective, which a
     shared seed cancels.
     """
-    if not design.paired:
+    if not design.use_pairing:
         return None
     y = design.objectives / design.normalizers(design.objectives)
     squares, dof = 0.0, 0

@@ -295,13 +295,20 @@ def _seeded_runs(seed_factors, effect_noise=0.0, replicate=True):
     return runs_from_dict({"schema": "autoscale.runs/v1", "metric": "perplexity", "runs": runs})
 
 
-def test_each_run_is_relative_to_the_base_run_of_its_own_seed():
+def test_each_run_is_relative_to_its_own_seeds_base_run_where_that_measurably_helps():
     options = DDOOptions()
     exact = solve_design(build_design(_seeded_runs([1.0]), options), options).weights
-    design = build_design(_seeded_runs([1.0, 1.15], replicate=False), options)
-    assert design.paired
+    design = build_design(_seeded_runs([1.0, 1.15]), options)
+    assert design.paired and design.use_pairing
     # A 15 % seed effect on every objective changes nothing: it cancels within each seed.
     assert solve_design(design, options).weights == pytest.approx(exact, abs=1e-9)
+    # Without perturbed repeats pairing cannot be shown to help: the mean of the bases.
+    unrepeated = build_design(_seeded_runs([1.0, 1.15], replicate=False), options)
+    assert unrepeated.paired and not unrepeated.use_pairing
+    assert np.all(unrepeated.normalizers(unrepeated.objectives) == np.mean(unrepeated.objectives[:2]))
+    # Runs whose seed effect is their own (no common part): pairing adds noise, not used.
+    chaotic = build_design(_seeded_runs([1.0, 1.0], effect_noise=0.05), options)
+    assert not chaotic.use_pairing
 
 
 def test_the_noise_of_an_effect_is_measured_from_perturbed_runs_repeated_over_seeds():
