@@ -6,8 +6,10 @@ domain, the predicted and the DDO weight and their absolute difference, and what
 difference costs by the held-out budget's own fitted responses: the DDO model's relative
 objective ``sum_i (x_i + a_i)^(-b_i)`` at the predicted quantities minus at the DDO ones
 (a fraction of the base run's objective; > 0 means the prediction is predicted to be worse).
-Both the noise-aware and the plain predictor are backtested, so the user sees which one
-their data supports. The record's shape (``autoscale.backtest/v1``) is a public contract.
+Both methods are backtested, so the user sees which one their data supports: the
+noise-aware one (noise-aware DDO mixtures and predictor, judged against the held-out budget's
+noise-aware DDO mixture) and the paper's plain one (the plain DDO optima and predictor, judged
+against the held-out plain optimum). The record's shape (``autoscale.backtest/v1``) is a public contract.
 """
 
 import math
@@ -17,6 +19,7 @@ import numpy as np
 
 from .errors import InputError
 from .formats import Mixture
+from .noise_aware import unshrunk
 from .predict import PredictGuards, predict
 
 SCHEMA = "autoscale.backtest/v1"
@@ -48,6 +51,8 @@ def backtest(mixtures: Sequence[Mixture], guards: Optional[PredictGuards] = None
 
 
 def _method(inputs: List[Mixture], held_out: Mixture, guards, noise_aware: bool) -> dict:
+    if not noise_aware:  # the paper's method throughout: the plain DDO optima
+        inputs, held_out = [unshrunk(m) for m in inputs], unshrunk(held_out)
     prediction = predict(inputs, target_tokens=held_out.total_tokens, guards=guards,
                          noise_aware=noise_aware)
     domains = {d: {"predicted": prediction.weights[d], "ddo": held_out.weights[d],

@@ -323,3 +323,20 @@ def test_the_noise_of_an_effect_is_measured_from_perturbed_runs_repeated_over_se
     unpaired = build_design(_seeded_runs([1.0, 1.15], replicate=False), DDOOptions())
     assert paired_noise(unpaired) is None
     assert "upper bound" in weight_intervals(unpaired, DDOOptions(), draws=5).sigma_source
+
+
+def test_the_plain_backtest_uses_the_plain_ddo_optima():
+    mixtures = _power_law_mixtures([1e5, 2e5, 4e5], [1.2, 1.0, 0.9, 1.0, 1.0, 1.0])
+    shrunk = []
+    for mixture in mixtures:  # as a noise-aware sweep publishes them: moves shrunk away
+        uniform = {d: 1 / 6 for d in DOMAINS}
+        provenance = dict(mixture.provenance, noise_aware={
+            "applied": True, "factors": {d: 0.0 for d in DOMAINS},
+            "unshrunk_weights": dict(mixture.weights), "log_noise": {d: 0.0 for d in DOMAINS}})
+        shrunk.append(Mixture(mixture.total_tokens, uniform,
+                              {d: mixture.total_tokens / 6 for d in DOMAINS}, "ddo", provenance))
+    record = backtest(shrunk)
+    plain = record["methods"]["plain"]["domains"]
+    assert plain["web"]["ddo"] == pytest.approx(mixtures[-1].weights["web"])
+    assert plain["web"]["abs_error"] < 1e-5  # whole tokens
+    assert record["domains"]["web"]["ddo"] == pytest.approx(1 / 6)
