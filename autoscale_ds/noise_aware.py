@@ -16,7 +16,7 @@ published log weight (``k_i * sd_i``), which the noise-aware predictor reads.
 """
 
 import math
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import numpy as np
 
@@ -107,10 +107,3 @@ def _number(value) -> Optional[float]:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return float(value)
-
-
-def factors_of(mixture: Mixture) -> Optional[List[float]]:
-    record = mixture.provenance.get(PROVENANCE_KEY)
-    if isinstance(record, dict) and record.get("applied"):
-        return [record["factors"][d] for d in mixture.weights]
-    return None
