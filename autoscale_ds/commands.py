@@ -294,21 +294,20 @@ def _backtest(args, mixtures, guards) -> int:
 
 
 def backtest_table(record: dict) -> str:
-    """Per domain: the held-out DDO weight and each method's prediction of it."""
+    """Per domain and method: the held-out DDO weight (each method's own: noise-aware or
+    plain optimum), the prediction of it and the error."""
     methods = record["methods"]
-    domains = list(record["domains"])
-    rows = [[d, methods[next(iter(methods))]["domains"][d]["ddo"],
-             *[methods[m]["domains"][d]["predicted"] for m in methods],
-             *[methods[m]["domains"][d]["abs_error"] for m in methods]] for d in domains]
     names = [m.replace("_", "-") for m in methods]
-    losses = ", ".join(f"{m.replace('_', '-')} {_loss_text(methods[m])}" for m in methods)
+    rows = [[d, *[f"{methods[m]['domains'][d][k]:.4f}" for m in methods
+                  for k in ("ddo", "predicted", "abs_error")]] for d in record["domains"]]
+    headers = ["domain", *[f"{n} {c}" for n in names for c in ("DDO w", "predicted", "error")]]
+    losses = ", ".join(f"{n} {_loss_text(methods[m])}" for n, m in zip(names, methods))
     return (f"backtest: {human_tokens(record['held_out_budget'])} predicted from "
             f"{', '.join(human_tokens(b) for b in record['input_budgets'])}\n"
-            + format_table(["domain", "DDO w", *[f"{n} w" for n in names],
-                            *[f"{n} error" for n in names]], rows)
-            + "\nmean abs error: " + ", ".join(f"{m.replace('_', '-')} {methods[m]['mean_abs_error']:.4f}"
-                                               for m in methods)
-            + f"\npredicted objective loss vs DDO (fitted responses, relative): {losses}")
+            + format_table(headers, rows)
+            + "\nmean abs error: " + ", ".join(f"{n} {methods[m]['mean_abs_error']:.4f}"
+                                               for n, m in zip(names, methods))
+            + f"\npredicted objective loss vs DDO (fitted responses, relative): {losses}\n")
 
 
 def _loss_text(result: dict) -> str:

@@ -35,6 +35,7 @@ about the result. Relative figures in quality.json are fractions (0.05 = 5 %).
     python bench/quality.py                  # the demo's setup (built-in corpus, 1.5M tokens), 3 seeds
     python bench/quality.py --quick          # smaller budgets, 4 domains, 2 seeds
     python bench/quality.py --config AUTOSCALE.yaml --seeds 3 --direct-ddo   # your own setup
+    python bench/quality.py --arm paired=other_out/mixture_1.5M.json         # one more arm
 
 Every arm/seed run is kept under --out and reused when its config is unchanged, so an
 interrupted benchmark continues where it stopped.
@@ -66,6 +67,9 @@ def _parse_args():
     parser.add_argument("--evals", type=int, default=8, help="evaluations per training run")
     parser.add_argument("--direct-ddo", action="store_true",
                         help="also run DDO directly at the target budget (2m+1 target-size runs)")
+    parser.add_argument("--arm", action="append", default=[], metavar="NAME=MIXTURE.json",
+                        help="also train this mixture file's weights as arm NAME (repeatable), "
+                        "e.g. the prediction of another pipeline config on the same corpus")
     parser.add_argument("--unheld", action="store_true",
                         help="also train the prediction that extrapolates domains DDO kept at base")
     parser.add_argument("--out", default="bench_results/quality", help="runs, curves and results")
@@ -124,6 +128,25 @@ def arm_weights(config, direct_ddo: bool, unheld: bool = False):
         direct = run_sweep(config.sweep(predicted.total_tokens)).mixture
         arms[f"ddo@{human_tokens(direct.total_tokens)}"] = dict(direct.weights)
     return arms, predicted.total_tokens, result.backtest
+
+
+def extra_arms(specs: List[str], domains: List[str], existing) -> Dict[str, Dict[str, float]]:
+    """``--arm NAME=MIXTURE.json``: each mixture's weights as an arm (same domains)."""
+    from autoscale_ds.formats import load_mixture
+
+    arms = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"quality benchmark: --arm expects NAME=MIXTURE.json, got {spec!r}")
+        if name in existing or name in arms:
+            raise SystemExit(f"quality benchmark: --arm {name}: an arm of that name exists")
+        weights = load_mixture(path).weights
+        if set(weights) != set(domains):
+            raise SystemExit(f"quality benchmark: --arm {name}: {path} mixes {sorted(weights)}, "
+                             f"the benchmark's domains are {sorted(domains)}")
+        arms[name] = {d: weights[d] for d in domains}
+    return arms
 
 
 def _plain_prediction(config, result) -> Dict[str, float]:
@@ -489,6 +512,7 @@ def main() -> int:
     config = pipeline_config(args, out)
     seeds = list(range(args.seeds or (2 if args.quick else 3)))
     weights, target_tokens, backtest = arm_weights(config, args.direct_ddo, args.unheld)
+    weights.update(extra_arms(args.arm, list(weights["uniform"]), weights))
     rows = train_arms(config, weights, target_tokens, seeds, out, args.evals)
     from autoscale_ds.atomic import atomic_write_json
     from autoscale_ds.data.manifest import load_manifest

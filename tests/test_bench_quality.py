@@ -228,3 +228,17 @@ def test_arms_that_train_the_same_tokens_share_their_runs():
     assert quality.identical_arms(planned) == {"ddo@8K": "uniform", "autoscale": "uniform",
                                                "autoscale-plain": "tokens"}
     assert quality.identical_arms({"uniform": {"a": 1}, "tokens": {"a": 2}}) == {}
+
+
+def test_a_mixture_file_can_be_added_as_an_arm(tmp_path):
+    from autoscale_ds.formats import Mixture, save_mixture
+
+    quality = _load_quality()
+    save_mixture(tmp_path / "m.json", Mixture.from_tokens({"b": 300, "a": 100}, "autoscale"))
+    arms = quality.extra_arms([f"paired={tmp_path / 'm.json'}"], ["a", "b"], {"uniform": {}})
+    assert arms == {"paired": {"a": 0.25, "b": 0.75}}
+    for spec, message in (("paired", "NAME=MIXTURE"), (f"uniform={tmp_path / 'm.json'}", "exists")):
+        with pytest.raises(SystemExit, match=message):
+            quality.extra_arms([spec], ["a", "b"], {"uniform": {}})
+    with pytest.raises(SystemExit, match="domains"):
+        quality.extra_arms([f"x={tmp_path / 'm.json'}"], ["a", "c"], {})

@@ -68,12 +68,19 @@ def _backtest_lines(backtest: Optional[dict]) -> list:
         loss_text = "n/a" if not loss or loss["relative"] is None else f"{loss['relative']:+.4f}"
         lines.append(f"| {name.replace('_', '-')} | {result['mean_abs_error']:.4f} | "
                      f"{result['max_abs_error']:.4f} | {loss_text} |")
-    lines += ["", "| domain | DDO | predicted | abs error |", "|---|---|---|---|"]
-    lines += [f"| {d} | {e['ddo']:.4f} | {e['predicted']:.4f} | {e['abs_error']:.4f} |"
-              for d, e in backtest["domains"].items()]
-    return lines + ["", "Predicted objective loss: the held-out budget's fitted DDO objective at "
-                    "the predicted weights minus at its DDO weights (a fraction of the base "
-                    "run's objective; > 0: worse).", ""]
+    methods = backtest["methods"]
+    names = [m.replace("_", "-") for m in methods]
+    header = ["domain", *[f"{n} {c}" for n in names for c in ("DDO", "predicted", "abs error")]]
+    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for domain in backtest["domains"]:
+        cells = [f"{methods[m]['domains'][domain][k]:.4f}" for m in methods
+                 for k in ("ddo", "predicted", "abs_error")]
+        lines.append("| " + " | ".join([domain, *cells]) + " |")
+    return lines + ["", "Each method is judged against its own DDO mixture at the held-out budget "
+                    "(noise-aware: the shrunk one; plain: the optimum as fitted). Predicted "
+                    "objective loss: the held-out budget's fitted DDO objective at the predicted "
+                    "weights minus at its DDO weights (a fraction of the base run's objective; > 0: "
+                    "worse).", ""]
 
 
 def _kept_note(budgets) -> str:
