@@ -197,14 +197,21 @@ def test_quality_benchmark_trains_every_arm_and_reports_speedups(prepared, tmp_p
     low, high = paired["difference_interval"]
     assert low < paired["difference_mean"] < high and len(paired["speedup_per_seed"]) == 2
     assert set(results["paired"]) == set(arms) - {"autoscale"}
+    # No noise information (sensitivity_draws: 0): the plain method is the method, so its arm
+    # trains exactly autoscale's tokens and shares its runs.
+    twins = results["identical_arms"]
+    assert twins.get("autoscale-plain") == "autoscale"
+    assert not (out / "arms" / "autoscale-plain").exists()
+    assert results["weights"]["autoscale-plain"] == results["weights"]["autoscale"]
     # Epochs (most over seeds) and their flag, as the runs recorded them.
     for arm in arms:
-        rows = [_arm_result(out, arm, s) for s in (0, 1)]
+        rows = [_arm_result(out, twins.get(arm, arm), s) for s in (0, 1)]
         assert results["epochs"][arm] == pytest.approx(
             {d: max(r["epochs"][d] for r in rows) for d in ("code", "docstrings")})
         assert results["repeats"][arm] == [d for d, e in results["epochs"][arm].items() if e > 1]
     # One eval set for every arm and seed, and its sampling error from every run's halves.
-    fingerprints = {_arm_result(out, arm, s)["eval_set"]["fingerprint"] for arm in arms for s in (0, 1)}
+    fingerprints = {_arm_result(out, twins.get(arm, arm), s)["eval_set"]["fingerprint"]
+                    for arm in arms for s in (0, 1)}
     assert fingerprints == {results["eval_set"]["fingerprint"]}
     assert results["noise"]["eval_halves"]["runs"] == 2 * len(arms)
     assert set(results["noise"]["seed_relative_std"]) == set(arms)
