@@ -9,7 +9,10 @@ from autoscale_ds.solve import solve_ddo
 def _scipy_optimum(a, b, base, lo, hi, rng):
     objective = lambda x: float(np.sum(np.power(x + a, -b)))
     gradient = lambda x: -b * np.power(x + a, -b - 1)
-    budget = {"type": "eq", "fun": lambda x: float(x @ base - base.sum()), "jac": lambda x: base}
+    # The budget in units of itself: a constraint of size 1e7 stalls SLSQP's line search
+    # ("positive directional derivative") before its tolerance on some of these problems.
+    share = base / base.sum()
+    budget = {"type": "eq", "fun": lambda x: float(x @ share - 1.0), "jac": lambda x: share}
     best = None
     for _ in range(6):
         start = rng.uniform(lo, hi)
