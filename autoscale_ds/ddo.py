@@ -209,20 +209,32 @@ def build_design(runs_file: RunsFile, options: DDOOptions, source: str = "<runs>
     return design
 
 
+def pooled_relative_spread(values: np.ndarray, groups: Sequence[Sequence[int]]) -> Tuple[float, int]:
+    """(sum of squared relative deviations from each group's mean, degrees of freedom)."""
+    squares, dof = 0.0, 0
+    for group in groups:
+        relative = values[group] / values[group].mean()
+        squares += float(np.sum((relative - 1.0) ** 2))
+        dof += len(group) - 1
+    return squares, dof
+
+
+def cross_seed_groups(design: Design) -> List[List[int]]:
+    """Groups of perturbed runs with identical token counts trained with different seeds."""
+    return [g for g in design.replicate_groups
+            if design.point_domain[g[0]] != BASE and len({design.point_seed[i] for i in g}) > 1]
+
+
 def _pairing_helps(design: Design) -> bool:
     """True when perturbed runs repeated over seeds agree better relative to their own
     seed's base run than relative to the mean of the base runs (their spread is smaller)."""
-    if not design.paired:
+    groups = cross_seed_groups(design)
+    if not (design.paired and groups):
         return False
-    spreads = []
-    for paired in (True, False):
-        y = design.objectives / design.normalizers(design.objectives, paired)
-        squares = [float(np.sum((y[g] / y[g].mean() - 1.0) ** 2)) for g in design.replicate_groups
-                   if design.point_domain[g[0]] != BASE and len({design.point_seed[i] for i in g}) > 1]
-        if not squares:
-            return False
-        spreads.append(sum(squares))
-    return spreads[0] < spreads[1]
+    paired, unpaired = (pooled_relative_spread(
+        design.objectives / design.normalizers(design.objectives, pairing), groups)[0]
+        for pairing in (True, False))
+    return paired < unpaired
 
 
 def _seed_of(run) -> Optional[int]:

@@ -16,7 +16,8 @@ from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
-from .ddo import BASE, DDOOptions, Design, solve_design
+from .ddo import (BASE, DDOOptions, Design, cross_seed_groups, pooled_relative_spread,
+                  solve_design)
 from .fit import fit_response
 from .errors import InputError
 
@@ -75,12 +76,7 @@ class SensitivityReport:
 
 def estimate_relative_noise(design: Design) -> Optional[float]:
     """Pooled relative standard deviation of objectives among identical-token runs."""
-    squares, dof = 0.0, 0
-    for group in design.replicate_groups:
-        values = design.objectives[group]
-        relative = values / values.mean()
-        squares += float(np.sum((relative - 1.0) ** 2))
-        dof += len(values) - 1
+    squares, dof = pooled_relative_spread(design.objectives, design.replicate_groups)
     return math.sqrt(squares / dof) if dof else None
 
 
@@ -97,14 +93,7 @@ def paired_noise(design: Design) -> Optional[Tuple[float, int]]:
     if not design.use_pairing:
         return None
     y = design.objectives / design.normalizers(design.objectives)
-    squares, dof = 0.0, 0
-    for group in design.replicate_groups:
-        seeds = {design.point_seed[i] for i in group}
-        if design.point_domain[group[0]] == BASE or len(seeds) < 2:
-            continue
-        relative = y[group] / y[group].mean()
-        squares += float(np.sum((relative - 1.0) ** 2))
-        dof += len(group) - 1
+    squares, dof = pooled_relative_spread(y, cross_seed_groups(design))
     return (math.sqrt(squares / dof), dof) if dof else None
 
 
