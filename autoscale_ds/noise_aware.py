@@ -13,15 +13,20 @@ so a move within noise stays near the base and a clear move is kept. Without a s
 report (the noise is unknown) the DDO optimum is returned unchanged: the paper's method.
 The published mixture records the unshrunk weights, the factors and the noise of each
 published log weight (``k_i * sd_i``), which the noise-aware predictor reads.
+
+The predictor's side lives here too: each domain's trend of log weight across budgets with
+its noise (:func:`weight_trends`), and the extrapolated change shrunk by the trends' factors
+(:func:`shrink_extrapolation`).
 """
 
 import math
-from typing import Dict, Optional
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
 from .formats import Mixture
-from .shrinkage import ESTIMATOR, shrink_toward_zero
+from .shrinkage import ESTIMATOR, Shrinkage, shrink_toward_zero
 
 PROVENANCE_KEY = "noise_aware"
 
@@ -107,3 +112,72 @@ def _number(value) -> Optional[float]:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return float(value)
+
+
+# ----------------------------------------------------- trends across budgets (predict)
+
+@dataclass
+class TrendEstimate:
+    """Each domain's trend of log weight per doubling of budget, with its noise."""
+
+    domains: List[str]
+    slope: np.ndarray
+    variance: List[Optional[float]]
+    """Sampling variance of each slope; None where a budget's noise is unknown."""
+    rms_log_residual: np.ndarray
+
+
+def weight_trends(ordered: Sequence[Mixture]) -> TrendEstimate:
+    """Per domain, the weighted least-squares slope of log weight against log2 budget.
+
+    Each budget's point is weighted by the inverse variance of its log weight (the noise the
+    mixture records, :func:`log_weight_noise`). With three or more
+    budgets the slope's variance is inflated by the residual when the points scatter more
+    about the line than their noise says (reduced chi-square > 1).
+    """
+    domains = list(ordered[0].weights)
+    x = np.log2([float(m.total_tokens) for m in ordered])
+    noise = [log_weight_noise(m) for m in ordered]
+    slopes, variances, residuals = [], [], []
+    for domain in domains:
+        y = np.log([m.weights[domain] for m in ordered])
+        sds = [n[domain] for n in noise]
+        slope, variance, residual = _weighted_slope(x, y, None if None in sds else np.array(sds))
+        slopes.append(slope)
+        variances.append(variance)
+        residuals.append(residual)
+    return TrendEstimate(domains, np.array(slopes), variances, np.array(residuals))
+
+
+def _weighted_slope(x: np.ndarray, y: np.ndarray, sd: Optional[np.ndarray]):
+    """(slope, its variance or None, RMS residual) of y on x."""
+    if sd is None or not np.any(sd > 0):
+        line = np.polyfit(x, y, 1)
+        residual = y - np.polyval(line, x)
+        return float(line[0]), (None if sd is None else 0.0), float(np.sqrt(np.mean(residual**2)))
+    # A budget whose weight carries no noise (e.g. pinned at a bound in every draw) would get
+    # an infinite weight; the smallest positive noise of the others stands in for it.
+    sd = np.where(sd > 0, sd, sd[sd > 0].min())
+    w = 1.0 / sd**2
+    x_mean = float(np.sum(w * x) / w.sum())
+    y_mean = float(np.sum(w * y) / w.sum())
+    sxx = float(np.sum(w * (x - x_mean) ** 2))
+    slope = float(np.sum(w * (x - x_mean) * (y - y_mean)) / sxx)
+    residual = y - (y_mean + slope * (x - x_mean))
+    variance = 1.0 / sxx
+    if len(x) > 2:
+        reduced_chi2 = float(np.sum(w * residual**2)) / (len(x) - 2)
+        variance *= max(1.0, reduced_chi2)
+    return slope, variance, float(np.sqrt(np.mean(residual**2)))
+
+
+def shrink_extrapolation(raw_weights: np.ndarray, last: Mixture,
+                         shrinkage: Optional[Shrinkage]) -> np.ndarray:
+    """Keep the share ``k_i`` of each domain's extrapolated log change past the largest
+    budget: ``log w_i = log w_last,i + k_i (log w_raw,i - log w_last,i)``, renormalised."""
+    if shrinkage is None or all(k == 1.0 for k in shrinkage.factors):
+        return raw_weights  # bit for bit the paper's rule
+    last_weights = np.array([last.weights[d] for d in last.weights])
+    factors = np.array(shrinkage.factors)
+    shrunk = last_weights * np.exp(factors * (np.log(raw_weights) - np.log(last_weights)))
+    return shrunk / shrunk.sum()
