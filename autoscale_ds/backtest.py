@@ -13,7 +13,7 @@ against the held-out plain optimum). The record's shape (``autoscale.backtest/v1
 """
 
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -87,3 +87,29 @@ def objective_loss(ddo_mixture: Mixture, weights: Dict[str, float]) -> Optional[
             "outside_fitted_ratios": outside,
             "note": "relative objective (fraction of the base run's), by the held-out budget's "
                     "fitted responses; domains outside their fitted ratios are extrapolated"}
+
+
+# --------------------------------------------------------------------- tables (CLI, report)
+
+def summary_rows(record: dict) -> Tuple[List[str], List[list]]:
+    """Headers and one row per method: mean and max error, predicted objective loss."""
+    rows = [[name.replace("_", "-"), f"{result['mean_abs_error']:.4f}",
+             f"{result['max_abs_error']:.4f}", _loss_text(result)]
+            for name, result in record["methods"].items()]
+    return ["method", "mean abs error", "max abs error", "predicted objective loss"], rows
+
+
+def domain_rows(record: dict) -> Tuple[List[str], List[list]]:
+    """Headers and one row per domain: each method's own held-out DDO weight, its
+    prediction and the error."""
+    methods = record["methods"]
+    names = [m.replace("_", "-") for m in methods]
+    headers = ["domain", *[f"{n} {c}" for n in names for c in ("DDO w", "predicted", "error")]]
+    rows = [[d, *[f"{methods[m]['domains'][d][k]:.4f}" for m in methods
+                  for k in ("ddo", "predicted", "abs_error")]] for d in record["domains"]]
+    return headers, rows
+
+
+def _loss_text(result: dict) -> str:
+    loss = result["predicted_objective_loss"]
+    return "n/a" if not loss or loss["relative"] is None else f"{loss['relative']:+.4f}"

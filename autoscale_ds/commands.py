@@ -294,25 +294,14 @@ def _backtest(args, mixtures, guards) -> int:
 
 
 def backtest_table(record: dict) -> str:
-    """Per domain and method: the held-out DDO weight (each method's own: noise-aware or
-    plain optimum), the prediction of it and the error."""
-    methods = record["methods"]
-    names = [m.replace("_", "-") for m in methods]
-    rows = [[d, *[f"{methods[m]['domains'][d][k]:.4f}" for m in methods
-                  for k in ("ddo", "predicted", "abs_error")]] for d in record["domains"]]
-    headers = ["domain", *[f"{n} {c}" for n in names for c in ("DDO w", "predicted", "error")]]
-    losses = ", ".join(f"{n} {_loss_text(methods[m])}" for n, m in zip(names, methods))
+    """The backtest's per-domain and per-method tables (plain text)."""
+    from .backtest import domain_rows, summary_rows
+
     return (f"backtest: {human_tokens(record['held_out_budget'])} predicted from "
             f"{', '.join(human_tokens(b) for b in record['input_budgets'])}\n"
-            + format_table(headers, rows)
-            + "\nmean abs error: " + ", ".join(f"{n} {methods[m]['mean_abs_error']:.4f}"
-                                               for n, m in zip(names, methods))
-            + f"\npredicted objective loss vs DDO (fitted responses, relative): {losses}\n")
-
-
-def _loss_text(result: dict) -> str:
-    loss = result["predicted_objective_loss"]
-    return "n/a" if not loss or loss["relative"] is None else f"{loss['relative']:+.4f}"
+            + format_table(*domain_rows(record)) + "\n\n" + format_table(*summary_rows(record))
+            + "\n(predicted objective loss: fitted DDO objective at the prediction minus at the "
+            "held-out DDO weights, relative)\n")
 
 
 def predict_table(prediction) -> str:

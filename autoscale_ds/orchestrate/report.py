@@ -7,7 +7,7 @@ from typing import Dict, Optional
 
 from ..atomic import atomic_write_text
 from ..ddo_table import ddo_markdown
-from ..tables import human_tokens
+from ..tables import format_markdown_table, human_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -55,27 +55,16 @@ def _noise_aware_lines(mixture) -> list:
 
 
 def _backtest_lines(backtest: Optional[dict]) -> list:
+    from ..backtest import domain_rows, summary_rows
+
     if backtest is None:
         return ["No backtest: it needs three or more DDO budgets.", ""]
     held_out = human_tokens(backtest["held_out_budget"])
     lines = ["## Backtest: the largest budget predicted from the smaller ones", "",
              f"The {held_out}-token DDO mixture predicted from "
              f"{', '.join(human_tokens(b) for b in backtest['input_budgets'])} (`backtest.json`):", "",
-             "| method | mean abs error | max abs error | predicted objective loss |",
-             "|---|---|---|---|"]
-    for name, result in backtest["methods"].items():
-        loss = result["predicted_objective_loss"]
-        loss_text = "n/a" if not loss or loss["relative"] is None else f"{loss['relative']:+.4f}"
-        lines.append(f"| {name.replace('_', '-')} | {result['mean_abs_error']:.4f} | "
-                     f"{result['max_abs_error']:.4f} | {loss_text} |")
-    methods = backtest["methods"]
-    names = [m.replace("_", "-") for m in methods]
-    header = ["domain", *[f"{n} {c}" for n in names for c in ("DDO", "predicted", "abs error")]]
-    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for domain in backtest["domains"]:
-        cells = [f"{methods[m]['domains'][domain][k]:.4f}" for m in methods
-                 for k in ("ddo", "predicted", "abs_error")]
-        lines.append("| " + " | ".join([domain, *cells]) + " |")
+             *format_markdown_table(*summary_rows(backtest)), "",
+             *format_markdown_table(*domain_rows(backtest))]
     return lines + ["", "Each method is judged against its own DDO mixture at the held-out budget "
                     "(noise-aware: the shrunk one; plain: the optimum as fitted). Predicted "
                     "objective loss: the held-out budget's fitted DDO objective at the predicted "
