@@ -2,9 +2,11 @@
 
 ``BlendPlan`` holds the planned stream (``blend.build_blend``): which domain, and which of its
 samples, comes at each global position t. ``BlendSampler`` walks the positions from where
-training stands, shards them over data-parallel ranks (rank r serves t = r, r + W, ...), and
-yields ``(t, domain, sample)`` items; ``BlendedDataset`` turns an item (or a bare t) into
-``{"input_ids", "domain_id", "domain_sample"}``. Works with a plain ``DataLoader`` and with
+training stands, shards them over data-parallel ranks with the trainer's layout
+(:mod:`.layout`: at each micro-step rank r of W takes the m consecutive positions after those
+of ranks 0..r-1), and yields ``(t, domain, sample)`` items; ``BlendedDataset`` turns an item
+(or a bare t) into ``{"input_ids", "domain_id", "domain_sample"}``. A ``DataLoader`` with
+``batch_size=m`` over it yields exactly the trainer's micro-batches; it also works with
 DeepSpeed's ``engine.deepspeed_io(dataset, data_sampler=sampler)``, which builds one.
 
 Items carry the domain and sample number, so DataLoader workers never consult a stale copy
@@ -22,6 +24,8 @@ import torch.utils.data
 
 from ..errors import InputError
 from .blend import Blend, Stage, build_blend, check_weights
+from .layout import (check_layout, micro_batch_positions, micro_steps_done,
+                     samples_per_micro_step, whole_micro_steps)
 
 logger = logging.getLogger(__name__)
 
@@ -143,55 +147,71 @@ def _distributed_defaults(rank: Optional[int], world_size: Optional[int]) -> Tup
         world_size = dist.get_world_size() if ready else 1
     if rank is None:
         rank = dist.get_rank() if ready else 0
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise InputError(f"need 0 <= rank < world_size, got rank {rank}, world size {world_size}")
     return int(rank), int(world_size)
 
 
 class BlendSampler(torch.utils.data.Sampler):
     """This rank's share of the stream from ``consumed_samples`` (global) on.
 
-    Rank r of W serves positions consumed + r, consumed + r + W, ...; every rank serves the
-    same number, so after k steps the ranks together have served exactly the next k*W
-    positions. Resuming from ``state_dict()`` serves what the uninterrupted run would have.
-    Iterating again continues the stream; it ends at the planned number of samples.
+    The layout is the trainer's (:mod:`.layout`): at each micro-step the ranks together
+    take the next W*m positions, rank r the m consecutive ones at offset r*m; iterate with
+    a ``DataLoader(batch_size=micro_batch_size)`` to get the trainer's micro-batches
+    (m = 1, the default, is the stride layout: rank r serves consumed + r, + r + W, ...).
+    Every rank serves the same number, so after k micro-steps the ranks together have
+    served exactly the next k*W*m positions. Positions advance in whole micro-steps:
+    ``consumed_samples`` must be a multiple of W*m. Resuming from ``state_dict()`` serves
+    what the uninterrupted run would have. Iterating again continues the stream; it ends at
+    the last whole micro-step of the planned samples.
     """
 
     def __init__(self, plan: BlendPlan, rank: Optional[int] = None,
-                 world_size: Optional[int] = None, consumed_samples: int = 0):
+                 world_size: Optional[int] = None, consumed_samples: int = 0,
+                 micro_batch_size: int = 1):
         self.plan = plan
         self.rank, self.world_size = _distributed_defaults(rank, world_size)
+        check_layout(self.rank, micro_batch_size, self.world_size)
+        self.micro_batch_size = int(micro_batch_size)
         self._check_position(consumed_samples)
         self.consumed_samples = int(consumed_samples)
-        self._served = 0  # by this rank's iterator since consumed_samples was set
+        self._served = 0  # items handed out by this rank's iterator since consumed_samples
 
     def _check_position(self, consumed: int) -> None:
         if not 0 <= consumed <= len(self.plan):
             raise InputError(f"consumed samples {consumed:,} outside the planned "
                              f"{len(self.plan):,}")
+        micro_steps_done(consumed, self.micro_batch_size, self.world_size)
+
+    def _micro_steps_left(self) -> int:
+        return whole_micro_steps(len(self.plan) - self.position(), self.micro_batch_size,
+                                 self.world_size)
 
     def __len__(self) -> int:
-        return (len(self.plan) - self.position()) // self.world_size
+        return self._micro_steps_left() * self.micro_batch_size
 
     def __iter__(self) -> Iterator[Item]:
         # a new iterator continues after what earlier ones handed out (DeepSpeed's
         # RepeatingLoader re-iterates): the stream is never served twice
         self.consumed_samples, self._served = self.position(), 0
-        start = self.consumed_samples
-        for i in range(len(self)):
-            t = start + i * self.world_size + self.rank
-            domain, k = self.plan.lookup(t)  # read now: a weight change applies at once
-            self._served = i + 1
-            yield t, domain, k
+        first = micro_steps_done(self.consumed_samples, self.micro_batch_size, self.world_size)
+        for step in range(first, first + self._micro_steps_left()):
+            for t in micro_batch_positions(step, self.rank, self.micro_batch_size,
+                                           self.world_size):
+                domain, k = self.plan.lookup(t)  # read now: a weight change applies at once
+                self._served += 1
+                yield t, domain, k
 
     def set_epoch(self, epoch: int) -> None:
         """Accepted for DistributedSampler compatibility; the stream has no epochs."""
 
     def position(self) -> int:
         """Global samples consumed, counting what this rank's iterator has handed out (as
-        every rank serves the same count). Exact with ``num_workers=0``; DataLoader workers
-        prefetch, so then pass the trainer's count to ``state_dict``."""
-        return self.consumed_samples + self._served * self.world_size
+        every rank serves the same count). A micro-step counts as consumed once its first
+        item is handed out, so a weight change never alters a sample already served; the
+        count is a whole number of micro-steps. Exact with ``num_workers=0``; DataLoader
+        workers prefetch, so then pass the trainer's count to ``state_dict``."""
+        started = -(-self._served // self.micro_batch_size)  # ceil: a begun micro-batch
+        return self.consumed_samples + started * samples_per_micro_step(
+            self.micro_batch_size, self.world_size)
 
     def state_dict(self, consumed_samples: Optional[int] = None) -> dict:
         consumed = self.position() if consumed_samples is None else int(consumed_samples)
@@ -215,8 +235,8 @@ class BlendSampler(torch.utils.data.Sampler):
 
     def set_weights(self, weights: Sequence[float], at_sample: Optional[int] = None,
                     num_samples: Optional[int] = None) -> None:
-        """Change the weights from global sample ``at_sample`` (default: the next one this
-        sampler would serve, on every rank alike) without losing or repeating samples."""
+        """Change the weights from global sample ``at_sample`` (default: the first of the
+        next micro-step, on every rank alike) without losing or repeating samples."""
         at = self.position() if at_sample is None else int(at_sample)
         if at < self.position():
             raise InputError(f"cannot change weights at sample {at:,}: samples up to "

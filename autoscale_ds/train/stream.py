@@ -4,7 +4,9 @@ The blended stream (see :mod:`autoscale_ds.data.blend`) fixes, for each global p
 the domain and that domain's running sample number; optimizer step ``s`` consumes positions
 ``[s*G, (s+1)*G)`` (G = global batch). Within a step, micro-batch ``a`` of rank ``r`` takes
 ``m`` consecutive positions at ``s*G + (a*W + r)*m`` (m = micro batch, W = world size), so
-the ranks partition every step and a resumed run continues at the same position.
+the ranks partition every step and a resumed run continues at the same position. That rule
+lives in :mod:`autoscale_ds.data.layout`, shared with the public ``BlendSampler``: a user's
+DataLoader over it yields these same micro-batches.
 """
 
 from typing import Dict, Sequence, Tuple
@@ -13,6 +15,8 @@ import numpy as np
 import torch
 
 from ..data.blend import blend_indices
+from ..data.layout import micro_batch_positions
+from ..errors import InputError
 from .plan import BatchTriple, SamplePlan
 
 
@@ -25,9 +29,15 @@ class TrainStream:
         self.domain_index, self.domain_sample_index = blend_indices(plan.weights, plan.total_samples)
 
     def positions(self, step: int, accumulation_index: int) -> np.ndarray:
-        micro, world = self.triple.micro_batch_size, self.triple.world_size
-        start = step * self.triple.global_batch_size + (accumulation_index * world + self.rank) * micro
-        return np.arange(start, start + micro)
+        """This rank's global positions for micro-batch ``accumulation_index`` of ``step``."""
+        accumulation = self.triple.accumulation_steps
+        if not 0 <= accumulation_index < accumulation:
+            # an index past the last would silently read the next step's samples
+            raise InputError(f"accumulation index {accumulation_index} outside "
+                             f"[0, {accumulation}) accumulation steps")
+        span = micro_batch_positions(step * accumulation + accumulation_index, self.rank,
+                                     self.triple.micro_batch_size, self.triple.world_size)
+        return np.arange(span.start, span.stop)
 
     def micro_batch(self, step: int, accumulation_index: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(tokens [m, seq_len + 1], domain ids [m], global sample ids [m])."""
