@@ -11,6 +11,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from ._edf_replay import _inside, _LongScan, _Order, _OutOfData, _settle
 
 logger = logging.getLogger(__name__)
 
@@ -82,10 +83,6 @@ class _Quota:
 
     def release_int(self, d: int, j: int) -> int:
         return -(-(int(j) << _Q_BITS) // self.num_int[d]) if j > 0 else 1
-
-
-# The replay machinery needs the constants above; import it after them.
-from ._edf_replay import _inside, _LongScan, _Order, _OutOfData, _settle  # noqa: E402
 
 
 def _near_fraction(num: int, horizon: int):
@@ -243,14 +240,20 @@ def _edf_stream(numerators: np.ndarray, out_dom: np.ndarray, out_idx: np.ndarray
         out_dom[:] = active[0]
         out_idx[:] = np.arange(n)
         return
-    quota = _Quota(numerators[active], horizon=n + 1024)
+    _edf_numpy(numerators[active], out_dom, out_idx, workers)
+    if len(active) < len(numerators):
+        np.take(active, out_dom, out=out_dom)
+
+
+def _edf_numpy(numerators: np.ndarray, out_dom: np.ndarray, out_idx: np.ndarray,
+               workers: int) -> None:
+    """The vectorised engine: Jefferson's order, then rotations and exact replays."""
+    quota = _Quota(numerators, horizon=len(out_dom) + 1024)
     try:
         _edf_blocks(quota, out_dom, out_idx, workers, np.int8)
     except _LongScan:  # extreme weight ratios: slack that never clips, same result
         logger.info("extreme weight ratios: planning again with wide slack")
         _edf_blocks(quota, out_dom, out_idx, workers, np.int32)
-    if len(active) < len(numerators):
-        np.take(active, out_dom, out=out_dom)
 
 
 def _edf_blocks(quota: "_Quota", out_dom, out_idx, workers: int, slack_type) -> None:
@@ -284,7 +287,9 @@ def _edf_blocks(quota: "_Quota", out_dom, out_idx, workers: int, slack_type) -> 
                 # past the stream's end, for replays that look ahead at its last slots
                 _due_order(quota, a, min(a + _SUB_SLOTS, n + margin), lo, slack, *tail,
                            scratch(), base=n)
-            order = _Order(out_dom, out_idx, slack, lo, edge, tail)
+            # clipped int8 slack still decides "allowed yet?" exactly this close to the slot
+            scan_cap = _SCAN_CAP if slack_type == np.int8 else np.iinfo(np.int32).max
+            order = _Order(out_dom, out_idx, slack, lo, edge, tail, scan_cap)
             try:
                 while lo < min(order.lo + block, n):
                     lo = _settle_chunk(order, lo, min(lo + _CHUNK_SLOTS, n), limit, n)
@@ -304,7 +309,7 @@ def _settle_chunk(order: _Order, lo: int, target: int, limit: int, n: int) -> in
         look = min(look + _CHUNK_SLOTS // 4, limit)
         rot_at, rot_span, tangled = _split_early(order.slack, order.lo, lo, look, n)
         starts, last = _clusters(tangled)
-        run_start, run_end, slots, dom, idx = _settle(order, starts, last)
+        run_start, run_end, slots, dom, idx = _settle(order, starts, last, _NO_ENTRY)
         hi = _block_end(target, look, n, run_start, run_end, rot_at, rot_span)
         if hi is not None:
             break

@@ -3,8 +3,6 @@ from typing import List, Tuple
 
 import numpy as np
 
-from . import _edf as _engine  # constants read at call time (tests shrink them)
-
 
 class _LongScan(Exception):
     """A replay passed more samples not allowed yet than int8 slack can tell apart."""
@@ -18,10 +16,9 @@ class _Order:
     """Read access to the due-date order: positions below ``n`` live in the output arrays
     (not yet rotated while lanes run), the few after the stream's end in a small tail."""
 
-    def __init__(self, dom, idx, slack, lo, built, tail):
+    def __init__(self, dom, idx, slack, lo, built, tail, scan_cap: int):
         self.dom, self.idx, self.slack, self.lo, self.n = dom, idx, slack, lo, len(dom)
-        # clipped slack still decides "allowed yet?" exactly this close to the slot
-        self.scan_cap = _engine._SCAN_CAP if slack.dtype == np.int8 else np.iinfo(np.int32).max
+        self.scan_cap = scan_cap  # slack decides "allowed yet?" exactly this close to the slot
         self.built = built  # positions [lo, built) exist, and those past n in the tail
         self.tail_dom, self.tail_idx = tail
 
@@ -89,12 +86,12 @@ class _Lane:
     deferred ones (passed while not allowed yet). A step serves the deferred sample first
     in due order that is allowed now, else the next allowed position."""
 
-    def __init__(self, order: _Order, start: np.ndarray):
+    def __init__(self, order: _Order, start: np.ndarray, no_entry: int):
         n = len(start)
-        self.order = order
+        self.order, self.no_entry = order, no_entry  # marks an empty deferral slot
         self.t, self.ptr = start.copy(), start.copy()
-        self.q_pos = np.full((n, 4), _engine._NO_ENTRY, dtype=np.int64)
-        self.q_rel = np.full((n, 4), _engine._NO_ENTRY, dtype=np.int64)
+        self.q_pos = np.full((n, 4), no_entry, dtype=np.int64)
+        self.q_rel = np.full((n, 4), no_entry, dtype=np.int64)
         self.records: List[Tuple[np.ndarray, np.ndarray]] = []
 
     def run(self, last: np.ndarray) -> Tuple[np.ndarray, ...]:
@@ -104,19 +101,19 @@ class _Lane:
         while len(active):
             self._step(active)
             synced = (self.ptr[active] == self.t[active]) & (self.t[active] > last[active]) \
-                & (self.q_pos[active] == _engine._NO_ENTRY).all(1)
+                & (self.q_pos[active] == self.no_entry).all(1)
             active = active[~synced & (self.t[active] < self.order.n)]  # or the stream ended
         slots, served, lane = (np.concatenate(c) for c in zip(*self.records))
         return self.t, slots, served, lane
 
     def _step(self, lanes: np.ndarray) -> None:
         slot = self.t[lanes] + 1
-        cand = np.where(self.q_rel[lanes] <= slot[:, None], self.q_pos[lanes], _engine._NO_ENTRY)
+        cand = np.where(self.q_rel[lanes] <= slot[:, None], self.q_pos[lanes], self.no_entry)
         col = cand.argmin(1)
         served = cand[np.arange(len(lanes)), col]
-        use_q = served != _engine._NO_ENTRY
-        self.q_pos[lanes[use_q], col[use_q]] = _engine._NO_ENTRY
-        self.q_rel[lanes[use_q], col[use_q]] = _engine._NO_ENTRY
+        use_q = served != self.no_entry
+        self.q_pos[lanes[use_q], col[use_q]] = self.no_entry
+        self.q_rel[lanes[use_q], col[use_q]] = self.no_entry
         scan = np.flatnonzero(~use_q)
         for _ in range(self.order.scan_cap):  # pass positions not allowed yet, deferring them
             if not len(scan):
@@ -137,22 +134,23 @@ class _Lane:
     def _defer(self, lanes, pos, rel) -> None:
         if not len(lanes):
             return
-        free = self.q_pos[lanes] == _engine._NO_ENTRY
+        free = self.q_pos[lanes] == self.no_entry
         while not free.any(1).all():
             if self.q_pos.shape[1] >= self.order.scan_cap:
                 raise _LongScan
-            pad = np.full((len(self.q_pos), self.q_pos.shape[1]), _engine._NO_ENTRY, dtype=np.int64)
+            pad = np.full((len(self.q_pos), self.q_pos.shape[1]), self.no_entry, dtype=np.int64)
             self.q_pos, self.q_rel = np.hstack([self.q_pos, pad]), np.hstack([self.q_rel, pad])
-            free = self.q_pos[lanes] == _engine._NO_ENTRY
+            free = self.q_pos[lanes] == self.no_entry
         col = free.argmax(1)
         self.q_pos[lanes, col], self.q_rel[lanes, col] = pos, rel
 
 
-def _settle(order: _Order, start: np.ndarray, last: np.ndarray):
+def _settle(order: _Order, start: np.ndarray, last: np.ndarray, no_entry: int):
     """EDF from each ``start`` (where it agrees with the order) until it agrees again past
     ``last``. Runs that would overlap are merged and replayed as one. Returns sorted
-    disjoint runs (start, end) and (position, domain, sample number) served in them."""
-    end, parts = _replay_runs(order, start, last)
+    disjoint runs (start, end) and (position, domain, sample number) served in them.
+    ``no_entry``: a position value no stream reaches, marking empty deferral slots."""
+    end, parts = _replay_runs(order, start, last, no_entry)
     run_id = np.arange(len(start))
     while True:
         clash = np.flatnonzero(end[:-1] > start[1:])
@@ -169,14 +167,14 @@ def _settle(order: _Order, start: np.ndarray, last: np.ndarray):
         stale = np.isin(parts[3], run_id[np.isin(group, redo)])
         parts = tuple(p[~stale] for p in parts)
         run_id = run_id[heads]
-        new_end, new_parts = _replay_runs(order, start[redo], last[redo])
+        new_end, new_parts = _replay_runs(order, start[redo], last[redo], no_entry)
         end[redo] = new_end
         parts = tuple(np.concatenate([p, q]) for p, q in
                       zip(parts, new_parts[:3] + (run_id[redo][new_parts[3]],)))
     return start, end, parts[0], parts[1], parts[2]
 
 
-def _replay_runs(order: _Order, start: np.ndarray, last: np.ndarray):
+def _replay_runs(order: _Order, start: np.ndarray, last: np.ndarray, no_entry: int):
     """Ends of the runs, and (slot, domain, sample number, run) of what they serve."""
     ends = np.zeros(len(start), dtype=np.int64)
     out = []
@@ -193,7 +191,7 @@ def _replay_runs(order: _Order, start: np.ndarray, last: np.ndarray):
             out.append((start[done][which] + step, dom, idx, done[which]))
     long = np.flatnonzero(ends == 0)
     if len(long):
-        end, slots, served, lane = _Lane(order, start[long]).run(last[long])
+        end, slots, served, lane = _Lane(order, start[long], no_entry).run(last[long])
         dom, idx, _ = order.at(served)
         ends[long] = end
         out.append((slots, dom, idx, long[lane]))
