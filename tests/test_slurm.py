@@ -24,7 +24,8 @@ import yaml
 from autoscale_ds.errors import InputError
 from autoscale_ds.orchestrate.executors import make_executor
 from autoscale_ds.orchestrate.runner import run_sweep
-from autoscale_ds.orchestrate.slurm import SlurmExecutor, render_pretrain_script, write_pretrain_script
+from autoscale_ds.orchestrate.pretrain_job import render_pretrain_script, write_pretrain_script
+from autoscale_ds.orchestrate.slurm import SlurmExecutor
 from autoscale_ds.orchestrate.sweep import load_sweep_config, plan_sweep
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,7 +12,6 @@ A run that ends without a result of its own (crash, kill, OOM) is recorded as fa
 the reason; the sweep goes on.
 """
 
-import json
 import logging
 import os
 import subprocess
@@ -21,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
-from ..errors import InputError
-from .runs_store import failure_row
+from ..errors import EXIT_INPUT_ERROR, InputError
+from .runs_store import existing_result, failure_row
 from .sweep import ProxyRun
 
 logger = logging.getLogger(__name__)
@@ -31,16 +30,6 @@ Record = Callable[[ProxyRun, dict], None]
 _POLL_SECONDS = 0.2
 _RANK_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 _STDERR_TAIL_CHARS = 2000
-
-
-def existing_result(run: ProxyRun) -> Optional[dict]:
-    """The run's own result row if it finished under exactly this config, else None."""
-    path = run.output_dir / "result.json"
-    try:
-        row = json.loads(path.read_text(encoding="utf-8"))["runs"][0]
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
-        return None
-    return row if row.get("config_fingerprint") == run.key else None
 
 
 def _planned_tokens(run: ProxyRun) -> dict:
@@ -196,7 +185,7 @@ class LocalProcessExecutor:
         if row is not None:
             return row
         tail = log_path.read_text(errors="replace")[-_STDERR_TAIL_CHARS:] if log_path.exists() else ""
-        kind = "input" if returncode == 2 else "crash"  # 2: the trainer rejected its input
+        kind = "input" if returncode == EXIT_INPUT_ERROR else "crash"
         return failure_row(run.run_id, _planned_tokens(run),
                            f"process exited with code {returncode} without a result; log tail: {tail}",
                            run.config.seed, kind=kind)

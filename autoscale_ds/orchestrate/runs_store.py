@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence
 
 from ..atomic import atomic_write_json
 from ..errors import InputError
-from ..formats import RUNS_SCHEMA, runs_from_dict
+from ..formats.schemas import RUNS_SCHEMA, runs_from_dict
 
 logger = logging.getLogger(__name__)
 
@@ -80,3 +80,15 @@ def failure_row(run_id: str, planned_tokens: Dict[str, float], reason: str,
     if seed is not None:
         row["seed"] = seed
     return row
+
+
+def existing_result(run) -> Optional[dict]:
+    """The row a proxy run (:class:`~autoscale_ds.orchestrate.sweep.ProxyRun`) wrote to its
+    own ``result.json``, if it finished under exactly this config; else None. A run that
+    ended while no orchestrator watched is recorded from it, not trained again."""
+    path = run.output_dir / "result.json"
+    try:
+        row = json.loads(path.read_text(encoding="utf-8"))["runs"][0]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+    return row if row.get("config_fingerprint") == run.key else None
