@@ -14,6 +14,12 @@ from .loaders import (StrictYAMLLoader, loads_yaml, parse_set_overrides, read_ya
 T = TypeVar("T")
 
 
+def overrides_from(pairs) -> dict:
+    """``--set KEY=VALUE`` pairs -> settings, each value read as strict YAML: the one reader
+    behind every entry point's ``--set`` (autoscale pipeline/ddo-run, the trainer)."""
+    return parse_set_overrides(pairs, "--set")
+
+
 def load_yaml_config(path, cls: Type[T], what: str, overrides: Optional[dict] = None,
                      required: tuple = ()) -> T:
     """``cls(**settings)``; unknown keys are errors (a typo must never be silently ignored)."""

@@ -249,9 +249,9 @@ def test_arbitrary_bytes_fail_cleanly(raw, tmp_path, capsys):
 
 # ------------------------------------------------------------ issue 11: flags and outputs
 
-from autoscale_ds.cli import parse_token_count, token_count_of  # noqa: E402
-from autoscale_ds.commands import check_output_file  # noqa: E402
-from autoscale_ds.ddo import DDOOptions  # noqa: E402
+from autoscale_ds.console import parse_token_count, token_count_of  # noqa: E402
+from autoscale_ds.cli.common import check_output_file  # noqa: E402
+from autoscale_ds.method.ddo import DDOOptions  # noqa: E402
 from autoscale_ds.errors import InputError  # noqa: E402
 
 

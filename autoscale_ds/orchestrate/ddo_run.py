@@ -5,10 +5,11 @@ import logging
 import os
 import sys
 
-from ..errors import InputError
-from ..ddo_table import CONFIG_SIGMA_HINT, ddo_table
+from ..errors import EXIT_INPUT_ERROR, InputError
+from ..method.ddo_table import CONFIG_SIGMA_HINT, ddo_table
 from ..tables import human_tokens
-from ..cli_args import emit, emit_error
+from ..console import emit, emit_error
+from ..yaml_config import overrides_from
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +91,6 @@ def _print_summary(result) -> None:
 def main(argv=None) -> int:
     import argparse
 
-    from ..train.launch import overrides_from
-
     parser = argparse.ArgumentParser(prog="ddo-run", description="Run a DDO proxy sweep.\n\n" + EXAMPLE,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
@@ -106,7 +105,7 @@ def main(argv=None) -> int:
 
         if is_main_process():  # every rank meets a bad flag; one line is enough
             emit_error("ddo-run", " ".join(line.strip() for line in str(exc).splitlines()))
-        return 2
+        return EXIT_INPUT_ERROR
 
 
 if __name__ == "__main__":

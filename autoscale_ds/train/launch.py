@@ -9,9 +9,10 @@ import argparse
 import logging
 import sys
 
-from ..errors import InputError
+from ..console import emit_error
+from ..errors import EXIT_INPUT_ERROR, EXIT_RUN_FAILED, InputError
+from ..yaml_config import overrides_from
 from .config import load_train_config
-from ..cli_args import emit_error
 
 PROG = "train"
 
@@ -26,7 +27,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _fail(message: str) -> int:
     emit_error(PROG, " ".join(line.strip() for line in message.splitlines()))
-    return 2
+    return EXIT_INPUT_ERROR
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,13 +55,6 @@ def parse_args(argv=None):
     return build_parser().parse_args(argv)
 
 
-def overrides_from(pairs):
-    """``--set KEY=VALUE`` pairs -> settings, each value read as strict YAML (one shared reader)."""
-    from ..loaders import parse_set_overrides
-
-    return parse_set_overrides(pairs, "--set")
-
-
 def command_line_overrides(args) -> dict:
     """--set pairs, then --deepspeed_config (DeepSpeed's name for `ds_config`)."""
     overrides = overrides_from(args.set)
@@ -75,7 +69,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         config = load_train_config(args.config, command_line_overrides(args))
-        from .trainer import EXIT_RUN_FAILED, train
+        from .trainer import train
 
         row = train(config)
     except InputError as exc:

@@ -1,4 +1,5 @@
-"""The ``autoscale`` command line: ddo, predict, export, plot.
+"""The ``autoscale`` command line: the parser and the entry point. Each sub-command is a
+module of this package (prepare, pipeline, ddo-run, ddo, predict, export, plot).
 
 Tables for people go to stdout; files carry the machine-readable result. Every problem
 with user input exits with code 2 and a single ``autoscale: error: ...`` line.
@@ -9,11 +10,9 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-from . import __version__
-from .cli_args import (EXIT_INPUT_ERROR, MAX_TOKEN_COUNT, _domain_values,  # noqa: F401 (re-exported)
-                       _float_of, _positive_float, emit, emit_error, parse_token_count,
-                       token_count_of)
-from .errors import InputError
+from .. import __version__
+from ..console import emit_error
+from ..errors import EXIT_INPUT_ERROR, InputError
 
 logger = logging.getLogger("autoscale_ds.cli")
 
@@ -44,10 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    from .commands import register_all
-
-    register_all(commands, _Formatter)
+    _register_all(commands, _Formatter)
     return parser
+
+
+def _register_all(commands, formatter) -> None:
+    from . import ddo, export, pipeline, plot, predict, prepare
+
+    for register in (prepare.register, pipeline.register_pipeline, pipeline.register_ddo_run,
+                     ddo.register, predict.register, export.register, plot.register):
+        register(commands, formatter)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -3,7 +3,7 @@
 import logging
 from pathlib import Path
 
-from ..cli_args import _domain_values, emit, parse_token_count
+from ..console import _domain_values, emit, parse_token_count
 from ..errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -88,8 +88,8 @@ _PER_DOMAIN = {"--field": "field", "--split": "split", "--valid-split": "valid_s
 
 
 def _domain_specs(args):
-    from .builtin_corpus import build_builtin_corpus
-    from .sources import DomainSpec
+    from ..data.builtin_corpus import build_builtin_corpus
+    from ..data.sources import DomainSpec
 
     values = {flag: _domain_values(getattr(args, attribute), flag, default_key="*")
               for flag, attribute in _PER_DOMAIN.items()}
@@ -123,8 +123,8 @@ def _apply_per_domain(flag: str, by_domain: dict, specs, given) -> None:
 
 def cmd_prepare(args) -> int:
     from ..tables import format_table
-    from .prepare import PrepareConfig, prepare
-    from .prepare_dir import check_out_dir
+    from ..data.prepare import PrepareConfig, prepare
+    from ..data.prepare_dir import check_out_dir
 
     check_out_dir(Path(args.out_dir))  # before the built-in corpus writes its raw text there
     config = PrepareConfig(

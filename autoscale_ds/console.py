@@ -12,7 +12,6 @@ from typing import Dict, List, Optional
 
 from .errors import InputError
 
-EXIT_INPUT_ERROR = 2
 _TOKEN_SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
 MAX_TOKEN_COUNT = 10**300
 """Largest count accepted: the predictions' arithmetic is in floats (max ~1.8e308)."""
