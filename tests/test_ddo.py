@@ -3,10 +3,10 @@ import math
 import numpy as np
 import pytest
 
-from autoscale_ds.ddo import DDOOptions, build_design, result_to_mixture, run_ddo, solve_design
+from autoscale_ds.method.ddo import DDOOptions, build_design, result_to_mixture, run_ddo, solve_design
 from autoscale_ds.errors import InputError
-from autoscale_ds.formats import check_mixture, runs_from_dict
-from autoscale_ds.solve import solve_ddo
+from autoscale_ds.formats.schemas import check_mixture, runs_from_dict
+from autoscale_ds.method.solve import solve_ddo
 
 from synthetic import make_runs
 

@@ -3,7 +3,7 @@ import logging
 import numpy as np
 import pytest
 
-from autoscale_ds.fit import fit_response
+from autoscale_ds.method.fit import fit_response
 
 
 def _curve(x, a, b, c):

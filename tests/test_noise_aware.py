@@ -6,14 +6,14 @@ import math
 import numpy as np
 import pytest
 
-from autoscale_ds.backtest import SCHEMA, backtest, objective_loss
-from autoscale_ds.ddo import DDOOptions, build_design, result_to_mixture, solve_design
+from autoscale_ds.method.backtest import SCHEMA, backtest, objective_loss
+from autoscale_ds.method.ddo import DDOOptions, build_design, result_to_mixture, solve_design
 from autoscale_ds.errors import InputError
-from autoscale_ds.formats import Mixture, runs_from_dict
-from autoscale_ds.noise_aware import log_weight_noise, shrink_ddo_mixture, unshrunk
-from autoscale_ds.predict import predict, weight_trends
-from autoscale_ds.sensitivity import residual_noise, weight_intervals
-from autoscale_ds.shrinkage import shrink_toward_zero
+from autoscale_ds.formats.schemas import Mixture, runs_from_dict
+from autoscale_ds.method.noise_aware import log_weight_noise, shrink_ddo_mixture, unshrunk
+from autoscale_ds.method.predict import predict, weight_trends
+from autoscale_ds.method.sensitivity import residual_noise, weight_intervals
+from autoscale_ds.method.shrinkage import shrink_toward_zero
 
 from synthetic import make_runs
 
@@ -137,7 +137,7 @@ def test_trends_use_every_budget_and_report_their_residual():
 
 
 def test_the_mixture_records_the_shrinkage():
-    from autoscale_ds.predict import PredictGuards, prediction_to_mixture
+    from autoscale_ds.method.predict import PredictGuards, prediction_to_mixture
 
     mixtures = _power_law_mixtures([1e5, 2e5], [1.3, 1.0, 0.8, 1.1, 0.9, 1.0], log_noise=0.2)
     prediction = predict(mixtures, target_tokens=3e7)
@@ -253,7 +253,7 @@ def test_the_objective_loss_is_zero_at_the_ddo_optimum_and_positive_elsewhere():
 
 def test_predict_backtest_on_the_command_line(tmp_path):
     from autoscale_ds.cli import main
-    from autoscale_ds.formats import save_mixture
+    from autoscale_ds.formats.schemas import save_mixture
 
     paths = []
     for index, mixture in enumerate(_power_law_mixtures([1e5, 2e5, 4e5], [1.2, 1.0, 0.9, 1.0, 1.0, 1.0])):
@@ -312,7 +312,7 @@ def test_each_run_is_relative_to_its_own_seeds_base_run_where_that_measurably_he
 
 
 def test_the_noise_of_an_effect_is_measured_from_perturbed_runs_repeated_over_seeds():
-    from autoscale_ds.sensitivity import estimate_relative_noise, paired_noise
+    from autoscale_ds.method.sensitivity import estimate_relative_noise, paired_noise
 
     design = build_design(_seeded_runs([1.0, 1.15], effect_noise=0.002), DDOOptions())
     sigma, dof = paired_noise(design)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from autoscale_ds.errors import InputError
-from autoscale_ds.formats import Mixture
-from autoscale_ds.predict import PredictGuards, predict, project_capped_simplex
+from autoscale_ds.formats.schemas import Mixture
+from autoscale_ds.method.predict import PredictGuards, predict, project_capped_simplex
 
 SMALL = Mixture.from_tokens({"web": 1.0e5, "code": 2.0e5, "books": 7.0e5}, "ddo")
 LARGE = Mixture.from_tokens({"web": 3.0e5, "code": 5.0e5, "books": 12.0e5}, "ddo")
@@ -184,8 +184,8 @@ def test_pipeline_max_epochs_becomes_ceilings_from_the_manifest(prepared, tmp_pa
 
 # ---------------------------------------------- whole tokens at any size (issue 11, item 13)
 
-from autoscale_ds.ddo import integer_tokens  # noqa: E402
-from autoscale_ds.predict import prediction_to_mixture  # noqa: E402
+from autoscale_ds.method.ddo import integer_tokens  # noqa: E402
+from autoscale_ds.method.predict import prediction_to_mixture  # noqa: E402
 
 
 @pytest.mark.parametrize("target", [10**19, 10**20, 10**30, 12345678901234567890123, 4_500_001])

@@ -1,9 +1,9 @@
 import pytest
 
-from autoscale_ds.ddo import DDOOptions, build_design
+from autoscale_ds.method.ddo import DDOOptions, build_design
 from autoscale_ds.errors import InputError
-from autoscale_ds.formats import runs_from_dict
-from autoscale_ds.sensitivity import (SKIPPED_NOISE_UNKNOWN, SKIPPED_OFF, estimate_relative_noise,
+from autoscale_ds.formats.schemas import runs_from_dict
+from autoscale_ds.method.sensitivity import (SKIPPED_NOISE_UNKNOWN, SKIPPED_OFF, estimate_relative_noise,
                                       skip_reason, weight_intervals)
 
 from synthetic import make_runs

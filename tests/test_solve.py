@@ -3,7 +3,7 @@ import pytest
 from scipy.optimize import minimize
 
 from autoscale_ds.errors import InfeasibleError
-from autoscale_ds.solve import solve_ddo
+from autoscale_ds.method.solve import solve_ddo
 
 
 def _scipy_optimum(a, b, base, lo, hi, rng):

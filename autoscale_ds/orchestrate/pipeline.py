@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 
 from ..atomic import atomic_write_text
 from ..errors import InputError
-from ..formats import save_mixture
+from ..formats.schemas import save_mixture
 from ..tables import human_tokens
 from ..yaml_config import load_yaml_config
 from .outputs import REPORT_FILE, publish, staging_dir
@@ -143,7 +143,7 @@ def check_pipeline(config: PipelineConfig) -> CheckedPipeline:
     """Build every object the pipeline's stages need (each budget's planned runs, DDO
     options and executor, the prediction guards, the exports) and raise every problem found
     at once, before the first proxy run: a wrong setting must not cost the training."""
-    from ..data.manifest import load_manifest
+    from ..formats.manifest import load_manifest
 
     problems = Problems()
     in_the_way = output_dir_problem(config.output_dir)
@@ -163,7 +163,7 @@ def check_pipeline(config: PipelineConfig) -> CheckedPipeline:
 
 
 def _guards(config: PipelineConfig, manifest, domains: List[str]):
-    from ..predict import PredictGuards
+    from ..method.predict import PredictGuards
 
     named = predict_section(config.predict)
     problems = Problems()
@@ -182,14 +182,14 @@ def _guards(config: PipelineConfig, manifest, domains: List[str]):
 def _check_exports(config: PipelineConfig, domains: List[str]):
     """The paths map, after rendering every export format once with placeholder weights:
     a domain missing from the map or a format that cannot carry it shows up now."""
-    from ..export import export_mixture, load_data_paths
+    from ..formats.export import export_mixture, load_data_paths
 
     spec = export_section(config.export)
     problems = Problems()
     paths = problems.attempt("export.data_paths", load_data_paths, spec["data_paths"] or config.manifest)
     if paths is not None:
         uniform = {d: 1.0 / len(domains) for d in domains}
-        with quiet("autoscale_ds.export"):
+        with quiet("autoscale_ds.formats.export"):
             for fmt in spec["formats"]:
                 problems.attempt(f"export.formats.{fmt}", export_mixture, uniform, paths, fmt)
     problems.raise_if_any(config.origin)
@@ -236,21 +236,21 @@ def _locked(out: Path):
 
 
 def _predict(config: PipelineConfig, sweeps, guards):
-    from ..predict import predict, prediction_to_mixture
+    from ..method.steps import predict_step
 
-    prediction = predict([s.mixture for s in sweeps], target_tokens=config.target_tokens,
-                         steps=config.steps, guards=guards, noise_aware=predict_noise_aware(config))
     inputs = [{"path": str(s.mixture_path.relative_to(config.output_dir)),
                "total_tokens": s.mixture.total_tokens} for s in sweeps]
-    return prediction, prediction_to_mixture(prediction, inputs, guards)
+    return predict_step([s.mixture for s in sweeps], inputs, guards,
+                        target_tokens=config.target_tokens, steps=config.steps,
+                        noise_aware=predict_noise_aware(config))
 
 
 def _backtest(config: PipelineConfig, sweeps, guards) -> Optional[dict]:
     """Predict the largest budget's DDO mixture from the smaller ones (three or more
     budgets): the user's own evidence of whether extrapolation works on their data. The
     target's ceilings (``max_epochs``) do not apply at the held-out budget."""
-    from ..backtest import MIN_BUDGETS, backtest
-    from ..predict import PredictGuards
+    from ..method.backtest import MIN_BUDGETS, backtest
+    from ..method.predict import PredictGuards
 
     if len(sweeps) < MIN_BUDGETS:
         return None
@@ -270,7 +270,7 @@ def _write_outputs(checked: CheckedPipeline, out: Path, sweeps, prediction, mixt
     """Render the mixture, exports, plots and report into a staging folder, then publish
     them together (see :func:`autoscale_ds.orchestrate.outputs.publish`)."""
     from ..atomic import atomic_write_json
-    from ..export import export_mixture
+    from ..formats.export import export_mixture
     from .report import write_report
 
     staging = staging_dir(out)
@@ -302,7 +302,7 @@ def guard_settings(config: PipelineConfig, manifest=None) -> Dict[str, Any]:
         raise InputError("predict: max_epochs needs target_tokens (with `steps` the target "
                          "total is not known before the prediction)")
     if manifest is None:
-        from ..data.manifest import load_manifest
+        from ..formats.manifest import load_manifest
 
         manifest = load_manifest(config.manifest)
     # 1 % below the exact share: whole samples and batches round a budget up a little.

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from ..atomic import atomic_write_text
-from ..ddo_table import ddo_markdown
+from ..method.ddo_table import ddo_markdown
 from ..tables import format_markdown_table, human_tokens
 
 logger = logging.getLogger(__name__)
@@ -17,7 +17,7 @@ def write_report(out: Path, sweeps, prediction, mixture, mixture_path: Path,
                  backtest: Optional[dict] = None) -> Path:
     """``report.md`` and its plots, with links relative to ``out``, written to ``into``
     (default ``out``; the pipeline renders into a staging folder, then publishes)."""
-    from ..plots import plot_weights
+    from ..method.plots import plot_weights
 
     into = Path(into or out)
     plot_weights([s.mixture for s in sweeps] + [mixture], into / "weights.png")
@@ -55,7 +55,7 @@ def _noise_aware_lines(mixture) -> list:
 
 
 def _backtest_lines(backtest: Optional[dict]) -> list:
-    from ..backtest import domain_rows, summary_rows
+    from ..method.backtest import domain_rows, summary_rows
 
     if backtest is None:
         return ["No backtest: it needs three or more DDO budgets.", ""]
@@ -104,7 +104,7 @@ def _trend_text(report) -> str:
 
 def plot_loss_curves(sweeps, path: Path) -> Path:
     """Per-domain eval loss against tokens seen, for each budget's first base run."""
-    from ..plots import pyplot, save_figure
+    from ..method.plots import pyplot, save_figure
 
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(6.5, 4.2))

@@ -16,20 +16,19 @@ from pathlib import Path
 from typing import Any, List
 
 from ..atomic import file_sha256
-from ..ddo import DDOOptions, build_design, result_to_mixture, solve_design
+from ..method.ddo import DDOOptions
 from ..errors import InputError
-from ..formats import Mixture, runs_from_dict, save_mixture
-from ..noise_aware import shrink_ddo_mixture
-from .executors import existing_result, make_executor
-from .lock import DirectoryLock
-from .runs_store import RunsStore
+from ..formats.schemas import Mixture, runs_from_dict, save_mixture
+from ..method.steps import DEFAULT_SENSITIVITY_DRAWS, ddo_step
+from .executors import make_executor
+from ..lock import DirectoryLock
+from .runs_store import RunsStore, existing_result
 from .settings import ConfigProblems, Problems, output_dir_problem
 from .settings import ddo_options as _ddo_options_of
 from .sweep import ProxyRun, SweepConfig, plan_sweep
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SENSITIVITY_DRAWS = 100  # as `autoscale ddo --sensitivity-draws`
 RUNS_FILE = "runs.json"
 MIXTURE_FILE = "mixture.json"
 
@@ -161,43 +160,22 @@ def _solve(config: SweepConfig, out: Path, store: RunsStore, runs: List[ProxyRun
     rows = store.rows_for([r.key for r in runs])
     runs_file = runs_from_dict({"schema": "autoscale.runs/v1", "metric": "perplexity", "runs": rows},
                                source=str(out / RUNS_FILE))
-    options = ddo_options(config)
-    design = build_design(runs_file, options, source=str(out / RUNS_FILE))
-    result = solve_design(design, options)
-    if result.pinned:
-        logger.warning("domains kept at their base quantity: %s", result.pinned)
-    provenance = {"runs_file": {"path": RUNS_FILE, "sha256": file_sha256(out / RUNS_FILE)},
-                  "metric": "perplexity", "base_runs": design.base_runs,
-                  "failed_runs": design.failed_runs, "eval_set": design.eval_set,
-                  "sweep_budget_tokens": config.budget_tokens}
-    mixture = result_to_mixture(result, provenance)
-    mixture.provenance["sensitivity"] = _sensitivity(design, options, config)
-    if config.ddo.get("noise_aware", True):
-        mixture = shrink_ddo_mixture(mixture)
-    save_mixture(out / MIXTURE_FILE, mixture)
-    _plots(mixture, out)
-    return mixture, result.pinned
-
-
-def _sensitivity(design, options, config: SweepConfig) -> dict:
-    """The mixture's ``provenance.sensitivity``: on by default (100 draws), with the noise
-    estimated from the base run repeated over ``seeds`` unless ``ddo.noise_sigma`` is set."""
-    from ..sensitivity import SKIPPED_NOISE_UNKNOWN, skip_reason, weight_intervals
-
-    draws = int(config.ddo.get("sensitivity_draws", DEFAULT_SENSITIVITY_DRAWS))
-    sigma = config.ddo.get("noise_sigma")
-    reason = skip_reason(design, sigma, draws)
-    if reason == SKIPPED_NOISE_UNKNOWN:
-        logger.warning("sweep %s: no repeated base runs and no ddo.noise_sigma, so the noise is "
-                       "unknown and no weight intervals are made; use seeds: [0, 1] or set "
-                       "ddo: {noise_sigma: S}", config.output_dir)
-    if reason is not None:
-        return {"skipped": reason}
-    return weight_intervals(design, options, sigma, draws=draws, seed=0).to_dict()
+    step = ddo_step(runs_file, ddo_options(config),
+                    {"path": RUNS_FILE, "sha256": file_sha256(out / RUNS_FILE)},
+                    source=str(out / RUNS_FILE), noise_sigma=config.ddo.get("noise_sigma"),
+                    sensitivity_draws=int(config.ddo.get("sensitivity_draws",
+                                                         DEFAULT_SENSITIVITY_DRAWS)),
+                    noise_aware=config.ddo.get("noise_aware", True),
+                    extra_provenance={"sweep_budget_tokens": config.budget_tokens})
+    if step.result.pinned:
+        logger.warning("domains kept at their base quantity: %s", step.result.pinned)
+    save_mixture(out / MIXTURE_FILE, step.mixture)
+    _plots(step.mixture, out)
+    return step.mixture, step.result.pinned
 
 
 def _plots(mixture: Mixture, out: Path) -> None:
-    from ..plots import plot_responses
+    from ..method.plots import plot_responses
 
     plot_responses(mixture, out / "responses.png")
 

@@ -18,9 +18,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 from .fit import ResponseFit, fit_response
-from .formats import METRICS, Mixture, RunsFile, group_by_eval_set
+from ..formats.schemas import METRICS, Mixture, RunsFile, group_by_eval_set
 from .solve import Solution, solve_ddo
 
 logger = logging.getLogger(__name__)

@@ -7,9 +7,9 @@ so in words: blank interval columns would read as "no uncertainty".
 
 from typing import List, Optional, Tuple
 
-from .formats import Mixture
+from ..formats.schemas import Mixture
 from .sensitivity import SKIPPED_OFF
-from .tables import format_markdown_table, format_table
+from ..tables import format_markdown_table, format_table
 
 NO_INTERVAL = "n/a"
 CLI_SIGMA_HINT = "repeat the base run over seeds or pass --noise-sigma"

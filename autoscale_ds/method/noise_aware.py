@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .formats import Mixture
+from ..formats.schemas import Mixture
 from .shrinkage import ESTIMATOR, Shrinkage, shrink_toward_zero
 
 PROVENANCE_KEY = "noise_aware"

@@ -7,8 +7,8 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
-from .formats import Mixture
-from .tables import human_tokens
+from ..formats.schemas import Mixture
+from ..tables import human_tokens
 
 logger = logging.getLogger(__name__)
 

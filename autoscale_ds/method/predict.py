@@ -23,11 +23,11 @@ import numpy as np
 from scipy.optimize import brentq, least_squares
 
 from .ddo import short_fingerprint
-from .errors import InfeasibleError, InputError
-from .formats import Mixture
+from ..errors import InfeasibleError, InputError
+from ..formats.schemas import Mixture
 from .noise_aware import TrendEstimate, shrink_extrapolation, weight_trends
 from .shrinkage import ESTIMATOR, Shrinkage, shrink_toward_zero
-from .tables import human_tokens
+from ..tables import human_tokens
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from .errors import InfeasibleError
+from ..errors import InfeasibleError
 
 _BISECTION_ITERATIONS = 200
 # Budget match required of the bisection, relative to the budget.

@@ -17,8 +17,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import InputError
-from .formats import Mixture
+from ..errors import InputError
+from ..formats.schemas import Mixture
 from .noise_aware import unshrunk
 from .predict import PredictGuards, predict
 

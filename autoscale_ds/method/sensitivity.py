@@ -19,7 +19,7 @@ import numpy as np
 from .ddo import (BASE, DDOOptions, Design, cross_seed_groups, pooled_relative_spread,
                   solve_design)
 from .fit import fit_response
-from .errors import InputError
+from ..errors import InputError
 
 logger = logging.getLogger(__name__)
 
