@@ -1,10 +1,17 @@
 """autoscale-ds: compute-optimal data mixtures for LLM pretraining (AutoScale, Kang et al.).
 
-Importing the package is cheap and pulls in neither torch nor deepspeed: the math
-(:mod:`autoscale_ds.fit`, :mod:`autoscale_ds.solve`, :mod:`autoscale_ds.ddo`,
-:mod:`autoscale_ds.predict`, :mod:`autoscale_ds.sensitivity`), the file formats
-(:mod:`autoscale_ds.runs`, :mod:`autoscale_ds.mixture`) and the exporters
-(:mod:`autoscale_ds.export`) need only numpy, scipy and PyYAML.
+Layers, each importing only the ones below it:
+
+- ``cli``: the ``autoscale`` command, one module per sub-command;
+- ``orchestrate`` (proxy sweeps, executors, SLURM, the pipeline) and ``integrations``
+  (megatron-core blends);
+- ``train`` (the DeepSpeed loop) and ``data`` (tokenised domains, the blend index, the
+  sampler);
+- ``method`` (fit, DDO solve, prediction, noise) and ``formats`` (schemas, data paths,
+  exporters), with the shared base modules (errors, atomic, loaders, yaml_config, tables,
+  console).
+
+Importing the package is cheap; ``method`` and ``formats`` never import torch or deepspeed.
 """
 
 __version__ = "0.1.0"

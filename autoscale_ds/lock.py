@@ -23,7 +23,7 @@ import socket
 import time
 from pathlib import Path
 
-from ..errors import InputError
+from .errors import InputError
 
 logger = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ import time
 import numpy as np
 from scipy.optimize import minimize
 
-from autoscale_ds.fit import fit_response
-from autoscale_ds.solve import solve_ddo
+from autoscale_ds.method.fit import fit_response
+from autoscale_ds.method.solve import solve_ddo
 
 
 def _problem(num_domains: int, seed: int):

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from autoscale_ds.cli import parse_token_count
+from autoscale_ds.console import parse_token_count
 from autoscale_ds.data.stdlib_corpus import build_stdlib_corpus
 from autoscale_ds.data.prepare import PrepareConfig, prepare
 from autoscale_ds.data.sources import iter_documents, resolve

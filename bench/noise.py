@@ -85,7 +85,7 @@ def base_rows(sweeps: Dict[int, object]) -> Dict[int, dict]:
     from contextlib import ExitStack
 
     from autoscale_ds.orchestrate.executors import existing_result, make_executor
-    from autoscale_ds.orchestrate.lock import DirectoryLock
+    from autoscale_ds.lock import DirectoryLock
     from autoscale_ds.orchestrate.sweep import plan_sweep
 
     runs = {seed: plan_sweep(sweep)[0] for seed, sweep in sweeps.items()}  # base runs come first
@@ -120,7 +120,7 @@ def sweep_rows(sweep) -> Dict[str, dict]:
 
 def run_all(config, budget: float, seeds: List[int], out: Path):
     """(base rows by seed, DDO weights by seed, every run's row by directory)."""
-    from autoscale_ds.noise_aware import unshrunk
+    from autoscale_ds.method.noise_aware import unshrunk
     from autoscale_ds.orchestrate.runner import run_sweep
 
     sweeps = {seed: seed_sweep(config, budget, seed, out) for seed in seeds}
@@ -141,7 +141,7 @@ def run_all(config, budget: float, seeds: List[int], out: Path):
 def noise_figures(base: Dict[int, dict], ddo: Dict[int, Dict[str, float]], rows: Dict[str, dict]) -> dict:
     """The payload of noise.json from the runs' rows; InputError when the runs were measured
     on different eval sets (their figures would mix two sources of noise)."""
-    from autoscale_ds.curves import eval_time_share, halves_summary, shared_eval_fingerprint
+    from curves import eval_time_share, halves_summary, shared_eval_fingerprint
 
     eval_set = _eval_set(rows, shared_eval_fingerprint(rows))
     spread = seed_spread_figures(base)
@@ -155,7 +155,7 @@ def noise_figures(base: Dict[int, dict], ddo: Dict[int, Dict[str, float]], rows:
 
 def seed_spread_figures(base: Dict[int, dict]) -> dict:
     """(a): the base mixture's objective per seed, its mean, sample std and relative std."""
-    from autoscale_ds.curves import row_objective, seed_spread
+    from curves import row_objective, seed_spread
 
     objectives = {seed: row_objective(row) for seed, row in base.items()}
     spread = seed_spread(list(objectives.values()))
@@ -165,7 +165,7 @@ def seed_spread_figures(base: Dict[int, dict]) -> dict:
 
 def ddo_figures(ddo: Dict[int, Dict[str, float]]) -> dict:
     """(c): the two seeds' DDO weights and their largest difference."""
-    from autoscale_ds.curves import max_weight_difference
+    from curves import max_weight_difference
 
     first, second = list(ddo)[:2]
     difference, domain = max_weight_difference(ddo[first], ddo[second])

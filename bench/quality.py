@@ -104,8 +104,8 @@ def _builtin_manifest(out_dir: Path) -> str:
 def arm_weights(config, direct_ddo: bool, unheld: bool = False):
     """The weights of every arm, from the (resumed) pipeline and the manifest, the target
     budget in tokens, and the pipeline's backtest record (None below three budgets)."""
-    from autoscale_ds.data.manifest import load_manifest
-    from autoscale_ds.formats import load_mixture
+    from autoscale_ds.formats.manifest import load_manifest
+    from autoscale_ds.formats.schemas import load_mixture
     from autoscale_ds.orchestrate.pipeline import mixture_domains, run_pipeline
     from autoscale_ds.orchestrate.runner import run_sweep
     from autoscale_ds.orchestrate.sweep import named_weights
@@ -132,7 +132,7 @@ def arm_weights(config, direct_ddo: bool, unheld: bool = False):
 
 def extra_arms(specs: List[str], domains: List[str], existing) -> Dict[str, Dict[str, float]]:
     """``--arm NAME=MIXTURE.json``: each mixture's weights as an arm (same domains)."""
-    from autoscale_ds.formats import load_mixture
+    from autoscale_ds.formats.schemas import load_mixture
 
     arms = {}
     for spec in specs:
@@ -152,9 +152,9 @@ def extra_arms(specs: List[str], domains: List[str], existing) -> Dict[str, Dict
 def _plain_prediction(config, result) -> Dict[str, float]:
     """The paper's method on the same proxy runs: each budget's plain DDO optimum, the plain
     predictor, the pipeline's guards."""
-    from autoscale_ds.noise_aware import unshrunk
+    from autoscale_ds.method.noise_aware import unshrunk
     from autoscale_ds.orchestrate.pipeline import guard_settings
-    from autoscale_ds.predict import PredictGuards, predict
+    from autoscale_ds.method.predict import PredictGuards, predict
 
     prediction = predict([unshrunk(s.mixture) for s in result.sweeps],
                          target_tokens=config.target_tokens, steps=config.steps,
@@ -165,7 +165,7 @@ def _plain_prediction(config, result) -> Dict[str, float]:
 def _unheld_prediction(config, result):
     """The prediction without holding domains DDO kept at base, or None when none was held."""
     from autoscale_ds.orchestrate.pipeline import guard_settings, predict_noise_aware
-    from autoscale_ds.predict import PredictGuards, predict
+    from autoscale_ds.method.predict import PredictGuards, predict
 
     if not any(r.guard == "held (no measured trend)" for r in result.prediction.report.values()):
         return None
@@ -266,7 +266,7 @@ def _finished(run_dir: Path, fingerprint: str):
 def eval_set_record(rows: Dict[str, List[dict]], seeds: List[int]) -> Optional[dict]:
     """The one eval set every run was measured on ({fingerprint, tokens}), None when the runs
     predate eval-set fingerprints; InputError naming the runs when they differ."""
-    from autoscale_ds.curves import shared_eval_fingerprint
+    from curves import shared_eval_fingerprint
 
     named = {run_name(arm, seed): row for arm, arm_rows in rows.items()
              for seed, row in zip(seeds, arm_rows)}
@@ -282,7 +282,7 @@ def eval_set_record(rows: Dict[str, List[dict]], seeds: List[int]) -> Optional[d
 def paired_comparisons(curves, bands, candidate: str = "autoscale") -> Dict[str, dict]:
     """Per baseline: the paired final-perplexity difference (candidate - baseline) with its
     t-interval, and the speed-up on the seed-mean curves and seed by seed."""
-    from autoscale_ds.curves import final_averages, paired_difference, per_seed_speedups, speedup
+    from curves import final_averages, paired_difference, per_seed_speedups, speedup
 
     comparisons = {}
     for name in curves:
@@ -304,7 +304,7 @@ def paired_comparisons(curves, bands, candidate: str = "autoscale") -> Dict[str,
 
 def epochs_by_arm(rows: Dict[str, List[dict]], train_tokens_available: Dict[str, float]):
     """({arm: {domain: most epochs over seeds}}, {arm: domains read more than once})."""
-    from autoscale_ds.curves import max_epochs, repeated_domains
+    from curves import max_epochs, repeated_domains
 
     epochs = {arm: max_epochs(arm_rows, train_tokens_available) for arm, arm_rows in rows.items()}
     repeats = {arm: repeated_domains(e) for arm, e in epochs.items()}
@@ -318,7 +318,7 @@ def epochs_by_arm(rows: Dict[str, List[dict]], train_tokens_available: Dict[str,
 
 def noise_figures(curves, rows: Dict[str, List[dict]]) -> dict:
     """Seed spread of each arm's objective and the eval set's sampling error (halves)."""
-    from autoscale_ds.curves import final_averages, halves_summary, seed_spread
+    from curves import final_averages, halves_summary, seed_spread
 
     spreads = {arm: seed_spread(final_averages(c)) for arm, c in curves.items()}
     return {"seed_std": {arm: s.std for arm, s in spreads.items()},
@@ -329,7 +329,7 @@ def noise_figures(curves, rows: Dict[str, List[dict]]) -> dict:
 def compare(rows: Dict[str, List[dict]], weights, seeds: List[int], tokens_per_step: int,
             train_tokens_available: Dict[str, float]):
     """Every figure of the benchmark from the arms' result rows: (quality.json payload, bands)."""
-    from autoscale_ds.curves import final_averages, final_summary, run_curve, seed_band, speedup
+    from curves import final_averages, final_summary, run_curve, seed_band, speedup
 
     eval_set = eval_set_record(rows, seeds)  # first: nothing is compared across eval sets
     curves = {arm: [run_curve(r, tokens_per_step) for r in arm_rows] for arm, arm_rows in rows.items()}
@@ -474,14 +474,14 @@ def _print_backtest(backtest: Optional[dict]) -> None:
     if backtest is None:
         print("\nBacktest: none (it needs three or more proxy budgets)")
         return
-    from autoscale_ds.commands import backtest_table
+    from autoscale_ds.cli.predict import backtest_table
 
     print("\nBacktest of the pipeline (the largest proxy budget predicted from the smaller ones)")
     print(backtest_table(backtest))
 
 
 def plot(bands, path: Path) -> Path:
-    from autoscale_ds.plots import pyplot, save_figure
+    from autoscale_ds.method.plots import pyplot, save_figure
 
     plt = pyplot()
     domains = list(next(iter(bands.values())).per_domain_mean)
@@ -515,7 +515,7 @@ def main() -> int:
     weights.update(extra_arms(args.arm, list(weights["uniform"]), weights))
     rows = train_arms(config, weights, target_tokens, seeds, out, args.evals)
     from autoscale_ds.atomic import atomic_write_json
-    from autoscale_ds.data.manifest import load_manifest
+    from autoscale_ds.formats.manifest import load_manifest
     from autoscale_ds.errors import InputError
     from autoscale_ds.orchestrate.sweep import sequence_and_batch
 

@@ -1,12 +1,17 @@
 """Shared fixtures: a real multi-domain corpus, tokenised once per test session."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
 
 from autoscale_ds.data.stdlib_corpus import build_stdlib_corpus
 from autoscale_ds.data.prepare import PrepareConfig, prepare
+
+BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
+# The bench scripts import their helpers (``curves``) from bench/, as `python bench/X.py` does.
+sys.path.insert(0, str(BENCH_DIR))
 
 CORPUS_DOMAINS = ["code", "docstrings", "comments", "reference"]
 
@@ -28,7 +33,7 @@ def prepared(tmp_path_factory, raw_corpus):
 
 def load_bench_module(name: str):
     """A script of bench/ (not a package) imported as a module, e.g. ``load_bench_module("quality")``."""
-    path = Path(__file__).resolve().parent.parent / "bench" / f"{name}.py"
+    path = BENCH_DIR / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

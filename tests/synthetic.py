@@ -12,7 +12,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from autoscale_ds.formats import RUNS_SCHEMA
+from autoscale_ds.formats.schemas import RUNS_SCHEMA
 
 
 def objective(x: np.ndarray, a: np.ndarray, b: np.ndarray, scale: float = 20.0) -> float:

@@ -152,7 +152,7 @@ def test_a_sweep_config_giving_a_key_twice_is_refused(prepared, tmp_path):
 
 
 def _export_weights(out: Path, fmt: str, manifest: Path) -> dict:
-    from autoscale_ds.export import load_data_paths, parse_export
+    from autoscale_ds.formats.export import load_data_paths, parse_export
 
     weights = parse_export((out / "exports" / f"{fmt}.txt").read_text(), fmt, load_data_paths(manifest))
     return {d: w for d, w in weights.items() if w > 0}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from autoscale_ds.curves import (eval_time_share, halves_spread, halves_summary,
+from curves import (eval_time_share, halves_spread, halves_summary,
                                  max_weight_difference, row_objective, seed_spread)
 from autoscale_ds.errors import InputError
 from conftest import load_bench_module

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from autoscale_ds.curves import (max_epochs, paired_difference, repeated_domains, run_epochs,
+from curves import (max_epochs, paired_difference, repeated_domains, run_epochs,
                                  shared_eval_fingerprint)
 from autoscale_ds.errors import InputError
 from conftest import load_bench_module
@@ -238,7 +238,7 @@ def test_arms_that_train_the_same_tokens_share_their_runs():
 
 
 def test_a_mixture_file_can_be_added_as_an_arm(tmp_path):
-    from autoscale_ds.formats import Mixture, save_mixture
+    from autoscale_ds.formats.schemas import Mixture, save_mixture
 
     quality = _load_quality()
     save_mixture(tmp_path / "m.json", Mixture.from_tokens({"b": 300, "a": 100}, "autoscale"))

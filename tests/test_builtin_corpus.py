@@ -10,7 +10,7 @@ from autoscale_ds.data import builtin_corpus, corpus_extract, corpus_fetch
 from autoscale_ds.data.builtin_corpus import build_builtin_corpus, size_rule_problems, \
     split_by_groups
 from autoscale_ds.data.corpus_fetch import Package, SourceUnavailable
-from autoscale_ds.data.manifest import load_manifest
+from autoscale_ds.formats.manifest import load_manifest
 from autoscale_ds.data.prepare import PrepareConfig, prepare
 from autoscale_ds.errors import InputError
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from autoscale_ds.curves import run_curve, seed_band, speedup, tokens_to_reach
+from curves import run_curve, seed_band, speedup, tokens_to_reach
 from autoscale_ds.errors import InputError
 
 

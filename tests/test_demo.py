@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from autoscale_ds.data.builtin_corpus import BUILTIN_DOMAINS, size_rule_problems
-from autoscale_ds.data.manifest import load_manifest
+from autoscale_ds.formats.manifest import load_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILTIN_NAMES = [d.name for d in BUILTIN_DOMAINS]

@@ -1,16 +1,14 @@
 """The fixed eval set: it belongs to the data (eval_seed), not to the run (seed, mixture)."""
 
-import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("deepspeed")
 
+from autoscale_ds.data.indexed import open_domain_store  # noqa: E402
 from autoscale_ds.train.evaluate import _eval_summary, build_eval_set  # noqa: E402
 
 from test_train import SEQ_LEN, _config, _row, _train  # noqa: E402
@@ -20,7 +18,7 @@ DOMAINS = ["code", "docstrings", "comments", "reference"]
 
 def test_uncapped_eval_set_is_the_whole_validation_split_in_order(prepared):
     eval_set = build_eval_set(prepared, DOMAINS, SEQ_LEN, eval_seed=0, max_tokens_per_domain=0)
-    store = prepared.open_store("code", "valid")
+    store = open_domain_store(prepared, "code", "valid")
     flat = np.asarray(store.tokens_view(), dtype=np.int64)
     store.close()
     rows = eval_set.tokens[eval_set.domain_ids == 0].numpy()

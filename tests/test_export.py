@@ -1,11 +1,10 @@
-"""Tests for autoscale_ds.export: every format round-trips, matches upstream readers, and
+"""Tests for autoscale_ds.formats.export: every format round-trips, matches upstream readers, and
 every bad input fails with an InputError that names the culprit."""
 
 import json
 import logging
 import math
 import os
-import shlex
 import subprocess
 import sys
 
@@ -15,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from autoscale_ds.errors import InputError
-from autoscale_ds.export import (
+from autoscale_ds.formats.export import (
     DEPRECATED_FORMATS,
     FORMATS,
     DataPaths,
@@ -62,7 +61,7 @@ def test_format_names():
 
 def test_litgpt_is_a_deprecated_alias_of_litdata(caplog):
     paths = data_paths_from_mapping({"a": "/p/a", "b": "/p/b"})
-    with caplog.at_level(logging.WARNING, logger="autoscale_ds.export"):
+    with caplog.at_level(logging.WARNING, logger="autoscale_ds.formats.export"):
         text = export_mixture({"a": 0.25, "b": 0.75}, paths, "litgpt")
     assert "deprecated" in caplog.text and "litdata" in caplog.text
     assert text == export_mixture({"a": 0.25, "b": 0.75}, paths, "litdata")
@@ -257,7 +256,7 @@ def test_gpt_neox_yaml_keys(paths):
 
 def test_gpt_neox_reuses_train_for_missing_eval_splits(caplog):
     paths = data_paths_from_mapping({"a": "/p/a", "b": "/p/b"})
-    with caplog.at_level(logging.WARNING, logger="autoscale_ds.export"):
+    with caplog.at_level(logging.WARNING, logger="autoscale_ds.formats.export"):
         obj = yaml.safe_load(export_mixture({"a": 0.5, "b": 0.5}, paths, "gpt-neox"))
     assert obj["valid-data-paths"] == obj["test-data-paths"] == ["/p/a", "/p/b"]
     assert "valid-data-paths" in caplog.text
@@ -265,7 +264,7 @@ def test_gpt_neox_reuses_train_for_missing_eval_splits(caplog):
 
 def test_gpt_neox_fills_a_missing_test_split_from_valid_not_train(caplog):
     paths = data_paths_from_mapping({"a": {"train": "/p/a", "valid": "/p/av"}, "b": "/p/b"})
-    with caplog.at_level(logging.WARNING, logger="autoscale_ds.export"):
+    with caplog.at_level(logging.WARNING, logger="autoscale_ds.formats.export"):
         text = export_mixture({"a": 0.5, "b": 0.5}, paths, "gpt-neox")
     obj = yaml.safe_load(text)
     assert obj["test-data-paths"] == obj["valid-data-paths"] == ["/p/av"]
@@ -297,7 +296,7 @@ def test_mosaicml_remote_paths_and_unique_stream_names():
 
 
 def test_module_is_pure():
-    code = "import sys, autoscale_ds.export; sys.exit(any(m in sys.modules for m in "
+    code = "import sys, autoscale_ds.formats.export; sys.exit(any(m in sys.modules for m in "
     code += "('torch', 'deepspeed', 'transformers')))"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
@@ -411,7 +410,7 @@ def test_all_zero_or_empty_mixture(paths):
 
 
 def test_extra_map_domains_warn_not_fail(paths, caplog):
-    with caplog.at_level(logging.WARNING, logger="autoscale_ds.export"):
+    with caplog.at_level(logging.WARNING, logger="autoscale_ds.formats.export"):
         text = export_mixture({"web": 1.0}, paths, "megatron")
     assert text == "1.0 /data/web/web_text_document\n"
     assert "code" in caplog.text and "paths.yaml" in caplog.text
@@ -509,7 +508,7 @@ def test_numpy_scalars_are_accepted():
 
 
 def test_a_domains_manifest_serves_as_the_paths_map(prepared, tmp_path):
-    from autoscale_ds.export import export_mixture, load_data_paths
+    from autoscale_ds.formats.export import export_mixture, load_data_paths
 
     paths = load_data_paths(prepared.root / "manifest.yaml")
     domains = list(prepared.domains)
@@ -723,7 +722,7 @@ def test_hf_with_a_hand_written_map_and_a_manifest(tmp_path):
 
 def test_hf_without_sizes_states_the_conversion(caplog):
     paths = data_paths_from_mapping({"a": "/p/a", "b": "/p/b"}, source="p.yaml")
-    with caplog.at_level(logging.WARNING, logger="autoscale_ds.export"):
+    with caplog.at_level(logging.WARNING, logger="autoscale_ds.formats.export"):
         obj = json.loads(export_mixture({"a": 0.25, "b": 0.75}, paths, "hf"))
     assert obj["probabilities"] == [0.25, 0.75] and "mean_document_tokens" not in obj
     assert "token weights, unconverted" in obj["probabilities_are"]
@@ -733,11 +732,11 @@ def test_hf_without_sizes_states_the_conversion(caplog):
 @pytest.mark.parametrize("fmt", ["hf", "mosaicml", "litdata", "nanotron", "olmo-core"])
 def test_formats_that_cannot_read_megatron_stores_warn_on_a_manifest(tmp_path, caplog, fmt):
     paths = load_data_paths(_manifest(tmp_path, {"a": (1000, 10), "b": (1000, 100)}))
-    with caplog.at_level(logging.WARNING, logger="autoscale_ds.export"):
+    with caplog.at_level(logging.WARNING, logger="autoscale_ds.formats.export"):
         export_mixture({"a": 0.5, "b": 0.5}, paths, fmt)
     assert f"{fmt} cannot read Megatron indexed stores" in caplog.text and "manifest.yaml" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="autoscale_ds.export"):
+    with caplog.at_level(logging.WARNING, logger="autoscale_ds.formats.export"):
         export_mixture({"a": 0.5, "b": 0.5}, paths, "megatron")
         export_mixture({"a": 0.5, "b": 0.5}, data_paths_from_mapping({"a": "/x", "b": "/y"}), fmt)
     assert "cannot read Megatron" not in caplog.text
@@ -751,7 +750,7 @@ def _olmo(text):
 
 
 def _mixture(weights, total, provenance):
-    from autoscale_ds.formats import Mixture
+    from autoscale_ds.formats.schemas import Mixture
 
     return Mixture(total, weights, {d: w * total for d, w in weights.items()}, "autoscale", provenance)
 
@@ -779,7 +778,7 @@ def test_olmo_core_repetition_from_max_epochs_and_default(tmp_path, caplog):
     assert [s["max_repetition_ratio"] for s in _olmo(text).values()] == [1.0, 1.0]
     assert "no epoch cap in the mixture: 1.0, OLMo-core's default" in text
     # A ceiling without the domain's size cannot become a number of passes: warned, 1.0.
-    with caplog.at_level(logging.WARNING, logger="autoscale_ds.export"):
+    with caplog.at_level(logging.WARNING, logger="autoscale_ds.formats.export"):
         text = export_mixture(_mixture({"a": 0.5, "b": 0.5}, 1e6, {"guards": {"ceiling": {"a": 0.6}}}),
                               paths, "olmo-core")
     assert _olmo(text)["a"]["max_repetition_ratio"] == 1.0 and "train tokens are unknown" in caplog.text
@@ -787,7 +786,7 @@ def test_olmo_core_repetition_from_max_epochs_and_default(tmp_path, caplog):
 
 def test_olmo_core_warns_when_the_mixture_needs_more_passes_than_allowed(tmp_path, caplog):
     paths = load_data_paths(_manifest(tmp_path, {"a": (100_000, 10), "b": (2_000_000, 10)}))
-    with caplog.at_level(logging.WARNING, logger="autoscale_ds.export"):
+    with caplog.at_level(logging.WARNING, logger="autoscale_ds.formats.export"):
         export_mixture(_mixture({"a": 0.5, "b": 0.5}, 1_000_000, {}), paths, "olmo-core")
     assert "domain 'a' needs 5 passes" in caplog.text and "Insufficient tokens" in caplog.text
     assert "domain 'b'" not in caplog.text

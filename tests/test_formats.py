@@ -5,7 +5,7 @@ import os
 import pytest
 
 from autoscale_ds.errors import InputError
-from autoscale_ds.formats import (Mixture, load_mixture, load_runs, mixture_from_dict,
+from autoscale_ds.formats.schemas import (Mixture, load_mixture, load_runs, mixture_from_dict,
                                   runs_from_dict, save_mixture, save_runs)
 
 from synthetic import make_runs

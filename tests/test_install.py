@@ -22,7 +22,8 @@ RENDER = textwrap.dedent("""
     import json, sys
     from pathlib import Path
     import autoscale_ds
-    from autoscale_ds.orchestrate.slurm import SlurmExecutor, write_pretrain_script
+    from autoscale_ds.orchestrate.pretrain_job import write_pretrain_script
+    from autoscale_ds.orchestrate.slurm import SlurmExecutor
 
     out = Path(sys.argv[1])
     array = SlurmExecutor(partition="gpu").render(out / "slurm", out / "runs_0.txt", 3)

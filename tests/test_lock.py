@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from autoscale_ds.errors import InputError
-from autoscale_ds.orchestrate import lock as lock_module
-from autoscale_ds.orchestrate.lock import DirectoryLock
+from autoscale_ds import lock as lock_module
+from autoscale_ds.lock import DirectoryLock
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,7 +39,7 @@ def flockless(monkeypatch):
 @pytest.mark.parametrize("code", [errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS])
 def test_without_flock_the_owner_file_locks_and_says_so(tmp_path, monkeypatch, caplog, code):
     monkeypatch.setattr(fcntl, "flock", _no_flock(code))
-    with caplog.at_level(logging.WARNING, logger="autoscale_ds.orchestrate.lock"):
+    with caplog.at_level(logging.WARNING, logger="autoscale_ds.lock"):
         held = DirectoryLock(tmp_path).acquire()
     owner = tmp_path / ".lock.owner"
     assert json.loads(owner.read_text())["pid"] == os.getpid() and "refuses flock" in caplog.text
@@ -66,7 +66,7 @@ def test_a_dead_holder_on_this_host_is_taken_over(tmp_path, flockless, caplog):
     pid = int(dead.stdout)
     owner = tmp_path / ".lock.owner"
     owner.write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "since": "2026-01-01 00:00:00"}))
-    with caplog.at_level(logging.WARNING, logger="autoscale_ds.orchestrate.lock"):
+    with caplog.at_level(logging.WARNING, logger="autoscale_ds.lock"):
         held = DirectoryLock(tmp_path).acquire()
     assert f"took over the lock of pid {pid}" in caplog.text
     assert json.loads(owner.read_text())["pid"] == os.getpid()
@@ -99,7 +99,7 @@ def test_autoscale_lock_file_skips_flock_and_excludes_another_process(tmp_path, 
     monkeypatch.setenv("AUTOSCALE_LOCK", "file")
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; sys.path.insert(0, %r)\n"
-        "from autoscale_ds.orchestrate.lock import DirectoryLock\n"
+        "from autoscale_ds.lock import DirectoryLock\n"
         "lock = DirectoryLock(%r).acquire(); print('locked', flush=True); time.sleep(60)") % (str(ROOT), str(tmp_path))],
         stdout=subprocess.PIPE, text=True)
     try:

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from autoscale_ds.data.indexed import build_store
-from autoscale_ds.datapaths import data_paths_from_mapping
+from autoscale_ds.formats.datapaths import data_paths_from_mapping
 from autoscale_ds.errors import InputError
-from autoscale_ds.export import export_mixture
-from autoscale_ds.formats import Mixture, save_mixture
+from autoscale_ds.formats.export import export_mixture
+from autoscale_ds.formats.schemas import Mixture, save_mixture
 from autoscale_ds.integrations.megatron import (PER_SPLIT, blend_domains, blend_from_mixture,
                                                 blend_per_split_from_mixture, gpt_dataset_config)
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from autoscale_ds.errors import InputError
-from autoscale_ds.orchestrate.lock import DirectoryLock
+from autoscale_ds.lock import DirectoryLock
 from autoscale_ds.orchestrate.sweep import SweepConfig, plan_sweep
 
 pytest.importorskip("deepspeed")
@@ -134,7 +134,7 @@ def test_a_second_orchestrator_is_refused_with_a_clear_message(prepared, tmp_pat
 def test_lock_is_released_when_its_holder_dies(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; sys.path.insert(0, %r)\n"
-        "from autoscale_ds.orchestrate.lock import DirectoryLock\n"
+        "from autoscale_ds.lock import DirectoryLock\n"
         "lock = DirectoryLock(%r).acquire(); print('locked', flush=True); time.sleep(60)") % (str(ROOT), str(tmp_path))],
         stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from autoscale_ds.datapaths import data_paths_from_mapping
-from autoscale_ds.formats import Mixture, save_mixture
+from autoscale_ds.formats.datapaths import data_paths_from_mapping
+from autoscale_ds.formats.schemas import Mixture, save_mixture
 from autoscale_ds.integrations.megatron import blend_domains, blend_from_mixture
 
 PATCHES = Path(__file__).resolve().parent.parent / "patches"

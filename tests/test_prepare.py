@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from autoscale_ds.cli import main
-from autoscale_ds.data.indexed import IndexedTokenStore
-from autoscale_ds.data.manifest import load_manifest
+from autoscale_ds.data.indexed import IndexedTokenStore, open_domain_store
+from autoscale_ds.formats.manifest import load_manifest
 from autoscale_ds.data.prepare import PrepareConfig, prepare
 from autoscale_ds.data.sources import DomainSpec, iter_documents, resolve
 from autoscale_ds.data.tokenizer import load_tokenizer, spec_for_path
@@ -46,7 +46,7 @@ def test_manifest_and_stores_agree_and_documents_end_with_eod(prepared):
     eod = manifest.tokenizer["eod_id"]
     for name, entry in manifest.domains.items():
         for split in ("train", "valid"):
-            store = manifest.open_store(name, split)
+            store = open_domain_store(manifest, name, split)
             counts = getattr(entry, split)
             assert (store.num_documents, store.num_tokens) == (counts.documents, counts.tokens)
             assert counts.documents > 0
@@ -57,10 +57,10 @@ def test_tokens_decode_back_to_the_source_documents(prepared, raw_corpus):
     tokenizer = load_tokenizer(spec_for_path(str(prepared.root / prepared.tokenizer["path"])))
     spec = next(s for s in raw_corpus if s.name == "reference")
     originals = set(iter_documents(resolve(spec)))
-    store = prepared.open_store("reference", "train")
+    store = open_domain_store(prepared, "reference", "train")
     decoded = {tokenizer._model.decode(store[i][:-1].tolist()) for i in range(len(store))}
     assert decoded <= originals
-    valid = prepared.open_store("reference", "valid")
+    valid = open_domain_store(prepared, "reference", "valid")
     assert len(decoded) + len(valid) == len(originals)  # split by document, nothing lost
 
 
@@ -156,7 +156,7 @@ def test_local_hugging_face_tokenizer_directory(tmp_path):
                                tokenizer=str(tmp_path / "tok")))
     assert manifest.tokenizer["kind"] == "hf"
     assert manifest.tokenizer["eod_id"] == hf.token_to_id("<|endoftext|>")
-    store = manifest.open_store("d")
+    store = open_domain_store(manifest, "d")
     assert hf.decode(store[0][:-1].tolist()).strip() in {t.strip() for t in texts}
 
 
@@ -400,7 +400,7 @@ def test_domains_not_named_again_are_kept_or_dropped_explicitly(tmp_path):
     out = tmp_path / "out"
     prepare(_fixed(out, [web, news], tokenizer))
     assert list(prepare(_fixed(out, [web], tokenizer)).domains) == ["news", "web"]
-    load_manifest(out).open_store("news").close()
+    open_domain_store(load_manifest(out), "news").close()
     with pytest.raises(InputError, match=r"also holds domain\(s\) \['news'\].*seed 0"):
         prepare(_fixed(out, [web], tokenizer, seed=1))
     assert list(prepare(_fixed(out, [web], tokenizer, drop_other_domains=True)).domains) == ["web"]

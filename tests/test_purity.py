@@ -7,13 +7,13 @@ import sys
 import pytest
 
 PURE_MODULES = [
-    "autoscale_ds", "autoscale_ds.fit", "autoscale_ds.solve", "autoscale_ds.ddo",
-    "autoscale_ds.predict", "autoscale_ds.sensitivity", "autoscale_ds.formats",
-    "autoscale_ds.ddo_table", "autoscale_ds.shrinkage", "autoscale_ds.noise_aware",
-    "autoscale_ds.backtest",
-    "autoscale_ds.export", "autoscale_ds.datapaths", "autoscale_ds.atomic",
-    "autoscale_ds.errors", "autoscale_ds.tables", "autoscale_ds.curves",
-    "autoscale_ds.data.indexed", "autoscale_ds.data.samples", "autoscale_ds.data.manifest",
+    "autoscale_ds", "autoscale_ds.method.fit", "autoscale_ds.method.solve", "autoscale_ds.method.ddo",
+    "autoscale_ds.method.predict", "autoscale_ds.method.sensitivity", "autoscale_ds.formats.schemas",
+    "autoscale_ds.method.ddo_table", "autoscale_ds.method.shrinkage", "autoscale_ds.method.noise_aware",
+    "autoscale_ds.method.backtest",
+    "autoscale_ds.formats.export", "autoscale_ds.formats.datapaths", "autoscale_ds.atomic",
+    "autoscale_ds.errors", "autoscale_ds.tables",
+    "autoscale_ds.data.indexed", "autoscale_ds.data.samples", "autoscale_ds.formats.manifest",
     "autoscale_ds.data.sources", "autoscale_ds.data.prepare", "autoscale_ds.data.builtin_corpus",
     "autoscale_ds.data.stdlib_corpus", "autoscale_ds.data.corpus_fetch",
     "autoscale_ds.data.corpus_extract",
@@ -42,6 +42,6 @@ def test_pure_modules_import_no_training_stack():
 def test_the_probe_would_see_a_heavy_import():
     # Guard against a probe that cannot fail: importing torch directly must be detected.
     pytest.importorskip("torch")
-    code = "import torch\n" + _PROBE.format(modules=["autoscale_ds.fit"], heavy=HEAVY)
+    code = "import torch\n" + _PROBE.format(modules=["autoscale_ds.method.fit"], heavy=HEAVY)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "torch" in json.loads(result.stdout.strip().splitlines()[-1])

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from autoscale_ds.data.indexed import build_store
+from autoscale_ds.data.indexed import build_store, open_domain_store
 from autoscale_ds.data.samples import DomainSamples
 from autoscale_ds.errors import InputError
 
@@ -79,7 +79,7 @@ def test_a_domain_smaller_than_one_sample_is_named(tmp_path):
 
 
 def test_real_prepared_domain_samples(prepared):
-    store = prepared.open_store("docstrings")
+    store = open_domain_store(prepared, "docstrings")
     samples = DomainSamples(store, 64, seed=0, name="docstrings")
     eod = prepared.tokenizer["eod_id"]
     tokens = np.concatenate([samples[k] for k in range(50)])

@@ -14,12 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from autoscale_ds.data.manifest import (DomainEntry, Manifest, SplitEntry, load_manifest,
-                                        save_manifest)
+from autoscale_ds.formats.manifest import (DomainEntry, Manifest, SplitEntry, load_manifest,
+                                           save_manifest)
 from autoscale_ds.data.prepare_dir import OWNED_FILE, OWNED_SCHEMA, OutDir
 from autoscale_ds.data.sources import DomainSpec, iter_documents, resolve
 from autoscale_ds.data.tokenizer import _configured_eos
-from autoscale_ds.datapaths import load_data_paths
 from autoscale_ds.errors import InputError
 from badinput import refuses
 

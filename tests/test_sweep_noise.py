@@ -90,7 +90,7 @@ def test_an_explicit_single_seed_is_honoured_with_a_warning(caplog):
 
 def test_the_report_shows_intervals_and_noise_per_budget(tmp_path):
     from autoscale_ds.orchestrate.report import write_report
-    from autoscale_ds.predict import PredictGuards, predict, prediction_to_mixture
+    from autoscale_ds.method.predict import PredictGuards, predict, prediction_to_mixture
 
     sweeps = [_solve_sweep(tmp_path / "ddo_300K", 3e5),
               _solve_sweep(tmp_path / "ddo_900K", 9e5, base_repeats=1)]

@@ -492,3 +492,9 @@ def _check_mergeable(store: IndexedTokenStore, dtype: np.dtype, first_prefix: st
     if store.sequence_modes is not None:
         raise InputError(f"cannot merge token store {store.prefix}: it is multimodal "
                          f"(has sequence modes), which merge_stores does not carry")
+
+
+def open_domain_store(manifest, domain: str, split: str = "train") -> "IndexedTokenStore":
+    """The token store of one split of a prepared domain (``manifest``: a
+    formats.manifest.Manifest), checked as it opens."""
+    return IndexedTokenStore(str(manifest.prefix(domain, split)))

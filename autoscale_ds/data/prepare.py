@@ -29,7 +29,7 @@ from ..atomic import atomic_write_text
 from ..errors import InputError
 from .encode import encode_stream
 from .indexed import CorruptDataError, IndexedTokenStore, IndexedTokenWriter, optimal_token_dtype
-from .manifest import DomainEntry, Manifest, SplitEntry, load_manifest, save_manifest
+from ..formats.manifest import DomainEntry, Manifest, SplitEntry, load_manifest, save_manifest
 from .prepare_dir import (MANIFEST_FILE, TOKENIZER_FILE, TOKENIZER_STAMP, OutDir, locked_out_dir,
                           output_errors, store_files, store_prefix)
 from .samples import stable_hash

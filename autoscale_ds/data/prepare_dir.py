@@ -20,7 +20,7 @@ from typing import Iterable, Iterator, List, Set
 from ..atomic import atomic_write_json, stale_temp_files
 from ..errors import InputError
 from ..loaders import DuplicateKeyError, json_error_line, loads_json
-from ..orchestrate.lock import DirectoryLock
+from ..lock import DirectoryLock
 
 logger = logging.getLogger(__name__)
 

@@ -28,12 +28,13 @@ from typing import Iterator, List, Optional, Tuple
 
 from ..errors import InputError
 from ..loaders import DuplicateKeyError
+from .source_tables import (TABLE_SUFFIXES, arrow_batches, check_dataset_column,
+                            dataset_documents, dataset_split_dir, is_dataset_dict,
+                            is_saved_dataset, load_dataset, table_documents, valid_split_dirs)
 
 logger = logging.getLogger(__name__)
 
 _BINARY_PROBE_BYTES = 8192
-_TABLE_SUFFIXES = (".parquet", ".arrow")
-_DATASET_BATCH_ROWS = 1024
 DEFAULT_ENCODING = "utf-8"
 DECODE_POLICIES = ("error", "skip", "replace")
 _DECODE_HELP = ("name the encoding with --encoding [DOMAIN=]ENCODING (e.g. latin-1), or pass "
@@ -114,7 +115,7 @@ def resolve(spec: DomainSpec) -> ResolvedDomain:
         valid_files = list(dict.fromkeys(p for s in spec.valid_sources
                                          for p in _expand(spec, s)))
     elif spec.valid_split is not None:
-        valid_files = _valid_split_dirs(spec)
+        valid_files = valid_split_dirs(spec)
     files = list(dict.fromkeys(files))
     _check_jsonl_encoding(spec, files + (valid_files or []))
     return ResolvedDomain(spec, files, valid_files)
@@ -148,10 +149,10 @@ def _check_jsonl_encoding(spec: DomainSpec, files: List[Path]) -> None:
 def _expand(spec: DomainSpec, source: str) -> List[Path]:
     path = Path(source)
     if path.is_dir():
-        if _is_dataset_dict(path):
-            return [_dataset_split_dir(spec, path)]
-        if _is_saved_dataset(path):
-            _check_dataset_column(spec, path)
+        if is_dataset_dict(path):
+            return [dataset_split_dir(spec, path)]
+        if is_saved_dataset(path):
+            check_dataset_column(spec, path)
             return [path]
         return _text_files_under(spec.name, path)
     if path.is_file():
@@ -164,21 +165,13 @@ def _expand(spec: DomainSpec, source: str) -> List[Path]:
     return files
 
 
-def _is_saved_dataset(path: Path) -> bool:
-    return (path / "state.json").is_file() and (path / "dataset_info.json").is_file()
-
-
-def _is_dataset_dict(path: Path) -> bool:
-    return (path / "dataset_dict.json").is_file()
-
-
 def _text_files_under(domain: str, directory: Path) -> List[Path]:
     files, skipped = [], 0
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
         if any(part.startswith(".") for part in path.relative_to(directory).parts):
             continue  # .git, .cache and friends are never documents
         _refuse_nested_dataset(domain, directory, path)
-        if path.suffix in (".jsonl", *_TABLE_SUFFIXES) or not _looks_binary(domain, path):
+        if path.suffix in (".jsonl", *TABLE_SUFFIXES) or not _looks_binary(domain, path):
             files.append(path)
         else:
             skipped += 1
@@ -192,7 +185,7 @@ def _text_files_under(domain: str, directory: Path) -> List[Path]:
 def _refuse_nested_dataset(domain: str, directory: Path, path: Path) -> None:
     # Its JSON metadata would become documents and its splits would be merged.
     if path.name in ("dataset_dict.json", "state.json") and \
-            (_is_dataset_dict(path.parent) or _is_saved_dataset(path.parent)):
+            (is_dataset_dict(path.parent) or is_saved_dataset(path.parent)):
         raise InputError(f"domain {domain!r}: {directory} holds a datasets.save_to_disk "
                          f"directory, {path.parent}; name that directory as a source of its own")
 
@@ -207,99 +200,6 @@ def _looks_binary(domain: str, path: Path) -> bool:
 
 def _unreadable(domain: str, path: Path, exc: OSError) -> InputError:
     return InputError(f"domain {domain!r}: cannot read {path}: {exc.strerror or exc}")
-
-
-# ------------------------------------------------------------ Hugging Face datasets
-
-
-def _dataset_split_dir(spec: DomainSpec, directory: Path) -> Path:
-    """The saved ``Dataset`` of the chosen split of a ``DatasetDict`` directory."""
-    splits = _dataset_splits(spec.name, directory)
-    split = _training_split(spec, directory, splits)
-    unused = [s for s in splits if s not in (split, spec.valid_split)]
-    if spec.valid_split is None and unused:
-        logger.info("domain %r: %s also has split(s) %s; --valid-split NAME holds one out for "
-                    "validation instead of a random share of %r", spec.name, directory, unused,
-                    split)
-    dataset = _load_dataset(spec.name, directory)[split]
-    _check_text_column(spec, directory / split, dataset)
-    return directory / split
-
-
-def _training_split(spec: DomainSpec, directory: Path, splits: List[str]) -> str:
-    split = spec.split
-    if split is None:
-        split = "train" if "train" in splits or len(splits) != 1 else splits[0]
-    if split not in splits:
-        raise InputError(f"domain {spec.name!r}: {directory} has no split {split!r} (splits: "
-                         f"{splits}); choose one with --split")
-    return split
-
-
-def _valid_split_dirs(spec: DomainSpec) -> List[Path]:
-    directories = [Path(s) for s in spec.sources if _is_dataset_dict(Path(s))]
-    if not directories:
-        raise InputError(f"domain {spec.name!r}: --valid-split {spec.valid_split!r} needs a "
-                         "DatasetDict source (a datasets.save_to_disk directory with splits)")
-    chosen = []
-    for directory in directories:
-        splits = _dataset_splits(spec.name, directory)
-        if spec.valid_split not in splits:
-            raise InputError(f"domain {spec.name!r}: {directory} has no split "
-                             f"{spec.valid_split!r} (splits: {splits}); fix --valid-split")
-        if spec.valid_split == _training_split(spec, directory, splits):
-            raise InputError(f"domain {spec.name!r}: split {spec.valid_split!r} of {directory} "
-                             "cannot be both the training split and the validation split")
-        _check_text_column(spec, directory / spec.valid_split,
-                           _load_dataset(spec.name, directory)[spec.valid_split])
-        chosen.append(directory / spec.valid_split)
-    return chosen
-
-
-def _dataset_splits(domain: str, directory: Path) -> List[str]:
-    return list(_load_dataset(domain, directory).keys())
-
-
-def _load_dataset(domain: str, directory: Path):
-    """``datasets.load_from_disk``: memory-maps the Arrow files, reads no rows yet."""
-    try:
-        import datasets
-    except ImportError:
-        raise InputError(f"domain {domain!r}: reading the datasets.save_to_disk directory "
-                         f"{directory} needs `datasets`: pip install 'autoscale-ds[hf]'") from None
-    try:
-        return datasets.load_from_disk(str(directory))
-    except (OSError, ValueError, KeyError) as exc:  # pyarrow's errors derive from these
-        raise InputError(f"domain {domain!r}: cannot load the saved dataset {directory}: "
-                         f"{exc}") from None
-
-
-def _check_dataset_column(spec: DomainSpec, directory: Path) -> None:
-    _check_text_column(spec, directory, _load_dataset(spec.name, directory))
-
-
-def _check_text_column(spec: DomainSpec, where: Path, dataset) -> None:
-    if spec.field not in dataset.column_names:
-        raise InputError(f"domain {spec.name!r}: {where} has no column {spec.field!r} "
-                         f"(columns: {dataset.column_names}); choose it with --field")
-    dtype = getattr(dataset.features[spec.field], "dtype", None)
-    if dtype not in ("string", "large_string"):
-        raise InputError(f"domain {spec.name!r}: {where}: column {spec.field!r} holds "
-                         f"{dataset.features[spec.field]}, not text; choose a text column with "
-                         "--field")
-
-
-def _dataset_documents(domain: "ResolvedDomain", directory: Path) -> Iterator[str]:
-    key = domain.spec.field
-    dataset = _load_dataset(domain.spec.name, directory).select_columns([key])
-    row = 0
-    for table in dataset.with_format("arrow").iter(batch_size=_DATASET_BATCH_ROWS):
-        for value in table.column(key).to_pylist():
-            if value is None:
-                raise InputError(f"domain {domain.spec.name!r}: {directory}: row {row} has no "
-                                 f"text in column {key!r} (null)")
-            yield value
-            row += 1
 
 
 # ------------------------------------------------------------------------- reading
@@ -330,9 +230,9 @@ def iter_documents(domain: ResolvedDomain, tally: Optional[DecodeTally] = None) 
 
 def _count_in_file(domain: ResolvedDomain, path: Path) -> int:
     if path.is_dir():
-        return _load_dataset(domain.spec.name, path).num_rows
-    if path.suffix in _TABLE_SUFFIXES:
-        return sum(batch.num_rows for batch in _arrow_batches(domain, path))
+        return load_dataset(domain.spec.name, path).num_rows
+    if path.suffix in TABLE_SUFFIXES:
+        return sum(batch.num_rows for batch in arrow_batches(domain, path))
     if path.suffix == ".jsonl":
         try:
             with open(path, "rb") as handle:
@@ -345,9 +245,9 @@ def _count_in_file(domain: ResolvedDomain, path: Path) -> int:
 def _documents_in_file(domain: ResolvedDomain, path: Path,
                        tally: Optional[DecodeTally]) -> Iterator[str]:
     if path.is_dir():
-        yield from _dataset_documents(domain, path)
-    elif path.suffix in _TABLE_SUFFIXES:
-        yield from _table_documents(domain, path)
+        yield from dataset_documents(domain, path)
+    elif path.suffix in TABLE_SUFFIXES:
+        yield from table_documents(domain, path)
     elif path.suffix == ".jsonl":
         yield from _jsonl_documents(domain, path, tally)
     else:
@@ -395,7 +295,7 @@ def _decode_error(domain: ResolvedDomain, where: str, problem: str) -> InputErro
 
 def _file_has_decode_problem(domain: ResolvedDomain, path: Path) -> bool:
     encoding = domain.spec.encoding
-    if path.is_dir() or path.suffix in _TABLE_SUFFIXES:
+    if path.is_dir() or path.suffix in TABLE_SUFFIXES:
         return False  # Arrow strings are UTF-8 by construction
     if path.suffix == ".jsonl":
         try:
@@ -464,49 +364,3 @@ def _text_field(record, key: str, where: str) -> str:
     if not isinstance(value, str):
         raise InputError(f"{where}: field {key!r} is {type(value).__name__}, not text")
     return value
-
-
-def _table_documents(domain: ResolvedDomain, path: Path) -> Iterator[str]:
-    key = domain.spec.field
-    for batch in _arrow_batches(domain, path):
-        if key not in batch.schema.names:
-            raise InputError(f"domain {domain.spec.name!r}: {path} has no column {key!r} "
-                             f"(columns: {batch.schema.names}); choose it with --field")
-        for value in batch.column(key).to_pylist():
-            if not isinstance(value, str):
-                raise InputError(f"domain {domain.spec.name!r}: {path}: column {key!r} holds "
-                                 f"{type(value).__name__}, not text")
-            yield value
-
-
-def _arrow_batches(domain: ResolvedDomain, path: Path):
-    try:
-        import pyarrow  # noqa: F401  (optional: the `data` extra)
-    except ImportError:
-        raise InputError(f"reading {path} needs pyarrow: pip install 'autoscale-ds[data]'") from None
-    try:
-        yield from _read_arrow(path)
-    except (OSError, ValueError) as exc:  # pyarrow's errors derive from these
-        raise InputError(f"domain {domain.spec.name!r}: cannot read {path}: {exc}") from None
-
-
-def _read_arrow(path: Path):
-    import pyarrow.parquet
-
-    if path.suffix == ".parquet":
-        yield from pyarrow.parquet.ParquetFile(path).iter_batches()
-        return
-    yield from _arrow_file_batches(path)
-
-
-def _arrow_file_batches(file: Path):
-    import pyarrow.ipc
-
-    # `datasets` writes the streaming IPC format; other tools write the random-access one.
-    try:
-        reader = pyarrow.ipc.open_stream(pyarrow.memory_map(str(file)))
-        yield from reader
-    except pyarrow.ArrowInvalid:
-        reader = pyarrow.ipc.open_file(pyarrow.memory_map(str(file)))
-        for index in range(reader.num_record_batches):
-            yield reader.get_batch(index)

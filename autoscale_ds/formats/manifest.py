@@ -65,11 +65,6 @@ class Manifest:
                              f"{sorted(self.domains)}")
         return self.root / getattr(self.domains[domain], split).prefix
 
-    def open_store(self, domain: str, split: str = "train"):
-        from .indexed import IndexedTokenStore
-
-        return IndexedTokenStore(str(self.prefix(domain, split)))
-
     def to_dict(self) -> dict:
         return {
             "schema": MANIFEST_SCHEMA, "tokenizer": dict(self.tokenizer), "seed": self.seed,

@@ -23,10 +23,10 @@ import re
 from pathlib import Path
 from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
-from autoscale_ds.datapaths import SPLITS, Blend, DataPaths, load_data_paths
+from autoscale_ds.formats.datapaths import SPLITS, Blend, DataPaths, load_data_paths
 from autoscale_ds.errors import InputError
-from autoscale_ds.export import _blend, _check_weights, _split_blends
-from autoscale_ds.formats import Mixture, load_mixture
+from autoscale_ds.formats.export.writers import _blend, _check_weights, _split_blends
+from autoscale_ds.formats.schemas import Mixture, load_mixture
 
 log = logging.getLogger(__name__)
 

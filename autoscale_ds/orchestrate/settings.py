@@ -84,7 +84,7 @@ def token_count(problems: Problems, where: str, value: Any, allow_zero: bool = F
     if is_number(value) and (value > 0 or (allow_zero and value == 0)):
         return value  # as given: the number is recorded in provenance
     if isinstance(value, str):
-        from ..cli_args import parse_token_count
+        from ..console import parse_token_count
 
         try:
             return parse_token_count(value)
@@ -225,7 +225,7 @@ _DDO_CHECKS: Dict[str, Callable] = {
 def ddo_section(section: Any, where: str = "ddo") -> Dict[str, Any]:
     """A sweep's `ddo:` settings, typed (token counts like ``2M`` read); raises
     ConfigProblems naming each bad key."""
-    from ..ddo import DDOOptions
+    from ..method.ddo import DDOOptions
 
     problems = Problems()
     section = mapping(problems, where, section, "{max_ratio: 3, noise_sigma: 0.02}")
@@ -240,7 +240,7 @@ def ddo_section(section: Any, where: str = "ddo") -> Dict[str, Any]:
 def ddo_options(section: Any, where: str = "ddo"):
     """DDOOptions from a sweep's `ddo:` section (failed runs never sink a sweep, so
     ``allow_incomplete`` defaults to true there)."""
-    from ..ddo import DDOOptions
+    from ..method.ddo import DDOOptions
 
     settings = {k: v for k, v in ddo_section(section, where).items() if k not in DDO_EXTRA_KEYS}
     settings.setdefault("allow_incomplete", True)
@@ -292,7 +292,7 @@ def guard_problems(guards, domains: Sequence[str], where: str = "predict") -> Li
 
 def export_section(section: Any, where: str = "export") -> Dict[str, Any]:
     """A pipeline's `export:` settings, typed: formats (known names) and data_paths."""
-    from ..export import FORMATS
+    from ..formats.export import FORMATS
 
     problems = Problems()
     section = mapping(problems, where, section, "{formats: [megatron, hf], data_paths: paths.yaml}")

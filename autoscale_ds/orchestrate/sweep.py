@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import yaml
 
 from ..atomic import atomic_write_text
-from ..data.manifest import load_manifest
+from ..formats.manifest import load_manifest
 from ..errors import InputError
 from ..train.config import TrainConfig
 from ..yaml_config import load_yaml_config

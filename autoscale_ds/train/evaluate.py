@@ -20,6 +20,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
+from ..data.indexed import open_domain_store
 from ..errors import InputError
 from .distributed import all_reduce_sum
 from .models import causal_batch, masked_batch
@@ -68,7 +69,7 @@ def build_eval_set(manifest, domains: List[str], seq_len: int, eval_seed: int,
 
 
 def _validation_windows(manifest, domain: str, seq_len: int) -> np.ndarray:
-    store = manifest.open_store(domain, "valid")
+    store = open_domain_store(manifest, domain, "valid")
     try:
         flat = np.asarray(store.tokens_view(), dtype=np.int64)
     finally:

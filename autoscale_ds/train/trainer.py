@@ -20,10 +20,11 @@ from typing import Dict, List, Optional
 import torch
 
 from ..atomic import atomic_write_json
-from ..data.manifest import load_manifest
+from ..formats.manifest import load_manifest
+from ..data.indexed import open_domain_store
 from ..data.samples import DomainSamples
 from ..errors import InputError
-from ..formats import RUNS_SCHEMA, load_mixture
+from ..formats.schemas import RUNS_SCHEMA, load_mixture
 from .config import TrainConfig
 from .distributed import barrier, ensure_launcher_env, is_main_process, rank, world_size
 from .domain_loss import per_domain_cross_entropy, reduce_across_ranks
@@ -34,7 +35,6 @@ from .stream import TrainStream
 
 logger = logging.getLogger(__name__)
 
-EXIT_RUN_FAILED = 3
 _LOSS_EMA_DECAY = 0.9
 _CHECKPOINTS_KEPT = 2
 
@@ -181,7 +181,7 @@ class Trainer:
     def _open_store(self, domain: str, split: str):
         """A domain's token store, refused if any id falls outside the model's vocabulary
         (a store made with another tokenizer would die mid-run in the embedding lookup)."""
-        store = self.manifest.open_store(domain, split)
+        store = open_domain_store(self.manifest, domain, split)
         low, high = store.token_id_range()
         if low < 0 or high >= self.vocab_size:
             bad = low if low < 0 else high

@@ -2,7 +2,7 @@
 and the figures that make a mixture comparison mean something (DESIGN.md, "Measuring a
 mixture"): paired differences with a t-interval, epochs read, one eval set, noise.
 
-Pure (numpy and scipy only): the benchmarks train, this module only reads the result rows
+Pure (numpy and scipy only), and bench-only: the benchmarks train, this module only reads the result rows
 every run writes (its ``evals`` history, ``epochs``, ``eval_set``, ``eval_halves``, timings).
 
 Speed-up (AutoScale paper, Sec. 5): how much sooner a mixture reaches a baseline's final
@@ -15,8 +15,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from scipy import stats
 
-from .errors import InputError
-from .formats import group_by_eval_set, row_eval_fingerprint
+from autoscale_ds.errors import InputError
+from autoscale_ds.formats.schemas import group_by_eval_set, row_eval_fingerprint
 
 MAX_FRESH_EPOCHS = 1.0
 """A domain read more than once is a repetition experiment, not a mixture comparison."""

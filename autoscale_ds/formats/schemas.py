@@ -9,12 +9,11 @@ Extra keys are kept (forward compatible) but never interpreted.
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Union
 
-from . import loaders
-from .atomic import atomic_write_json
-from .errors import InputError
+from .. import loaders
+from ..atomic import atomic_write_json
+from ..errors import InputError
 
 RUNS_SCHEMA = "autoscale.runs/v1"
 MIXTURE_SCHEMA = "autoscale.mixture/v1"

@@ -1,7 +1,7 @@
 """The paths map: where each domain's data lives, per split, with shard shares.
 
 A mixture names domains; trainers want file prefixes or folders. The paths map (YAML or
-JSON, written by the user) bridges the two; :mod:`autoscale_ds.export` turns a mixture
+JSON, written by the user) bridges the two; :mod:`autoscale_ds.formats.export` turns a mixture
 plus this map into each framework's config.
 """
 
@@ -135,7 +135,7 @@ def _parse_paths_text(text: str, path: Path) -> Any:
 def _manifest_stores(path: Path) -> DataPaths:
     """A domains manifest from `autoscale prepare` names its own stores: train and valid
     prefixes per domain, as absolute paths (trainers run from other directories)."""
-    from .data.manifest import load_manifest
+    from .manifest import load_manifest
 
     manifest = load_manifest(path)
     mapping = {d: {"train": str(manifest.prefix(d, "train").resolve()),
@@ -147,7 +147,7 @@ def _manifest_stores(path: Path) -> DataPaths:
 def with_manifest_stats(paths: DataPaths, manifest_path: str | Path) -> DataPaths:
     """``paths`` with the train sizes of a domains manifest (for a hand-written map whose
     domains hold the same documents as the prepared ones)."""
-    from .data.manifest import load_manifest
+    from .manifest import load_manifest
 
     stats = _train_stats(load_manifest(manifest_path))
     missing = [d for d in paths.domains if d not in stats]
