@@ -13,6 +13,8 @@ import yaml
 from autoscale_ds.data.builtin_corpus import BUILTIN_DOMAINS, size_rule_problems
 from autoscale_ds.formats.manifest import load_manifest
 
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
 ROOT = Path(__file__).resolve().parent.parent
 BUILTIN_NAMES = [d.name for d in BUILTIN_DOMAINS]
 TINY = ["--set", "budgets=[3000, 6000]", "--set", "target_tokens=30000",

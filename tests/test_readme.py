@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
 ROOT = Path(__file__).resolve().parent.parent
 _BLOCK = re.compile(r"<!-- runnable -->\s*```bash\n(.*?)```", re.S)
 

@@ -18,7 +18,9 @@ from curves import (max_epochs, paired_difference, repeated_domains, run_epochs,
 from autoscale_ds.errors import InputError
 from conftest import load_bench_module
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+ROOT = Path(__file__).resolve().parents[2]
 T_95_2DF = 2.919986  # Student t, 95th percentile, 2 degrees of freedom (printed tables)
 
 

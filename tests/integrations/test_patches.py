@@ -21,7 +21,7 @@ from autoscale_ds.formats.datapaths import data_paths_from_mapping
 from autoscale_ds.formats.schemas import Mixture, save_mixture
 from autoscale_ds.integrations.megatron import blend_domains, blend_from_mixture
 
-PATCHES = Path(__file__).resolve().parent.parent / "patches"
+PATCHES = Path(__file__).resolve().parents[2] / "patches"
 CHECK = PATCHES / "check_patches.sh"
 FRAMEWORKS = {  # directory -> (upstream repository, files a patch may touch, checkout variable)
     "megatron-lm": ("NVIDIA/Megatron-LM", {"pretrain_gpt.py"}, "AUTOSCALE_MEGATRON_LM"),

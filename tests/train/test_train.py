@@ -15,7 +15,9 @@ import yaml
 pytest.importorskip("deepspeed")
 pytest.importorskip("transformers")
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
 TRAIN = str(ROOT / "launchers" / "train.py")
 SEQ_LEN = 32
 

@@ -133,7 +133,7 @@ def test_the_config_loaders_name_the_file_and_read_the_shipped_examples(tmp_path
     from autoscale_ds.orchestrate.pipeline import load_pipeline_config
     from autoscale_ds.orchestrate.sweep import load_sweep_config
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     assert load_pipeline_config(root / "examples" / "demo_pipeline.yaml").target_tokens == 1_500_000
     assert load_sweep_config(root / "examples" / "ddo_cpu.yaml").budget_tokens == 20_000
     config = tmp_path / "sweep.yaml"

@@ -2,7 +2,7 @@
 
 The kernel runs under ``TRITON_INTERPRET=1`` on CPU, which must be set before triton is
 imported; so this file re-runs itself as a script in a subprocess with that variable (and,
-for the distributed test, as two gloo ranks). ``python tests/test_domain_loss.py
+for the distributed test, as two gloo ranks). ``python tests/train/test_domain_loss.py
 --interpret-cases`` prints the kernel-vs-reference errors as JSON.
 """
 
@@ -23,7 +23,7 @@ from autoscale_ds.train import domain_loss as dl
 from autoscale_ds.train.domain_loss import (DomainLoss, DomainLossTracker, apex_available,
                                             per_domain_cross_entropy, reduce_across_ranks)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 IGNORE = -100
 
 
@@ -316,6 +316,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_reduce_across_ranks_sums_two_gloo_ranks(tmp_path):
     base = _env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2")
     procs = [subprocess.Popen([sys.executable, __file__, "--dist-worker",

@@ -12,6 +12,8 @@ from badinput import REPO, refuses
 pytest.importorskip("deepspeed")
 pytest.importorskip("transformers")
 
+pytestmark = pytest.mark.slow
+
 TRAIN = str(REPO / "launchers" / "train.py")
 SEQ_LEN = 32
 

@@ -15,7 +15,9 @@ from curves import (eval_time_share, halves_spread, halves_summary,
 from autoscale_ds.errors import InputError
 from conftest import load_bench_module
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load_noise():

@@ -28,7 +28,9 @@ from autoscale_ds.orchestrate.pretrain_job import render_pretrain_script, write_
 from autoscale_ds.orchestrate.slurm import SlurmExecutor
 from autoscale_ds.orchestrate.sweep import load_sweep_config, plan_sweep
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+
+ROOT = Path(__file__).resolve().parents[2]
 SETUP = os.environ.get("AUTOSCALE_SLURM_SETUP") == "1"
 EXTENSIONS = os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
 TRAIN = {"model_size": "tiny", "seq_len": 32, "micro_batch_size": 8, "global_batch_size": 8,

@@ -158,6 +158,8 @@ def _export_weights(out: Path, fmt: str, manifest: Path) -> dict:
     return {d: w for d, w in weights.items() if w > 0}
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_failed_rerun_keeps_the_outputs_and_a_good_one_replaces_them_as_a_set(prepared, tmp_path):
     manifest = prepared.root / "manifest.yaml"
     out = tmp_path / "out"

@@ -429,5 +429,5 @@ def test_module_imports_no_training_stack():
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('torch', 'megatron', 'deepspeed', 'transformers'))))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True, cwd=Path(__file__).resolve().parents[1])
+                            check=True, cwd=Path(__file__).resolve().parents[2])
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []

@@ -19,7 +19,9 @@ from autoscale_ds.orchestrate.sweep import SweepConfig, plan_sweep
 
 pytest.importorskip("deepspeed")
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
 DOMAINS = ["code", "docstrings", "comments"]
 
 

@@ -13,6 +13,8 @@ from autoscale_ds.train.evaluate import _eval_summary, build_eval_set  # noqa: E
 
 from test_train import SEQ_LEN, _config, _row, _train  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 DOMAINS = ["code", "docstrings", "comments", "reference"]
 
 
