@@ -85,7 +85,8 @@ def cmd_ddo(args) -> int:
     _check_domains_known(options, list(runs_file.runs[0].train_tokens) if runs_file.runs else [])
     step = ddo_step(runs_file, options, {"path": args.runs, "sha256": file_sha256(args.runs)},
                     noise_sigma=args.noise_sigma, sensitivity_draws=args.sensitivity_draws,
-                    seed=args.seed, noise_aware=not args.plain)
+                    seed=args.seed, noise_aware=not args.plain,
+                    noise_hint="repeat the base run over two seeds, or pass --noise-sigma S")
     with writing(args.out):
         save_mixture(args.out, step.mixture)
     emit(ddo_table(step.mixture))

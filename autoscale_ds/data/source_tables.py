@@ -3,17 +3,15 @@
 
 Both optional readers (pyarrow, datasets) are imported only when such a source is met, with an
 install hint when they are missing. :mod:`autoscale_ds.data.sources` dispatches here by suffix
-or directory layout.
+or directory layout. ``spec`` below is a ``sources.DomainSpec`` and ``domain`` a
+``sources.ResolvedDomain``; they are not imported, since ``sources`` imports this module.
 """
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, List
+from typing import Iterator, List
 
 from ..errors import InputError
-
-if TYPE_CHECKING:  # annotations only: sources imports this module
-    from .sources import DomainSpec, ResolvedDomain
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +28,7 @@ def is_dataset_dict(path: Path) -> bool:
 
 
 
-def dataset_split_dir(spec: "DomainSpec", directory: Path) -> Path:
+def dataset_split_dir(spec, directory: Path) -> Path:
     """The saved ``Dataset`` of the chosen split of a ``DatasetDict`` directory."""
     splits = _dataset_splits(spec.name, directory)
     split = _training_split(spec, directory, splits)
@@ -44,7 +42,7 @@ def dataset_split_dir(spec: "DomainSpec", directory: Path) -> Path:
     return directory / split
 
 
-def _training_split(spec: "DomainSpec", directory: Path, splits: List[str]) -> str:
+def _training_split(spec, directory: Path, splits: List[str]) -> str:
     split = spec.split
     if split is None:
         split = "train" if "train" in splits or len(splits) != 1 else splits[0]
@@ -54,7 +52,7 @@ def _training_split(spec: "DomainSpec", directory: Path, splits: List[str]) -> s
     return split
 
 
-def valid_split_dirs(spec: "DomainSpec") -> List[Path]:
+def valid_split_dirs(spec) -> List[Path]:
     directories = [Path(s) for s in spec.sources if is_dataset_dict(Path(s))]
     if not directories:
         raise InputError(f"domain {spec.name!r}: --valid-split {spec.valid_split!r} needs a "
@@ -92,11 +90,11 @@ def load_dataset(domain: str, directory: Path):
                          f"{exc}") from None
 
 
-def check_dataset_column(spec: "DomainSpec", directory: Path) -> None:
+def check_dataset_column(spec, directory: Path) -> None:
     _check_text_column(spec, directory, load_dataset(spec.name, directory))
 
 
-def _check_text_column(spec: "DomainSpec", where: Path, dataset) -> None:
+def _check_text_column(spec, where: Path, dataset) -> None:
     if spec.field not in dataset.column_names:
         raise InputError(f"domain {spec.name!r}: {where} has no column {spec.field!r} "
                          f"(columns: {dataset.column_names}); choose it with --field")
@@ -107,7 +105,7 @@ def _check_text_column(spec: "DomainSpec", where: Path, dataset) -> None:
                          "--field")
 
 
-def dataset_documents(domain: "ResolvedDomain", directory: Path) -> Iterator[str]:
+def dataset_documents(domain, directory: Path) -> Iterator[str]:
     key = domain.spec.field
     dataset = load_dataset(domain.spec.name, directory).select_columns([key])
     row = 0
@@ -120,7 +118,7 @@ def dataset_documents(domain: "ResolvedDomain", directory: Path) -> Iterator[str
             row += 1
 
 
-def table_documents(domain: "ResolvedDomain", path: Path) -> Iterator[str]:
+def table_documents(domain, path: Path) -> Iterator[str]:
     key = domain.spec.field
     for batch in arrow_batches(domain, path):
         if key not in batch.schema.names:
@@ -133,7 +131,7 @@ def table_documents(domain: "ResolvedDomain", path: Path) -> Iterator[str]:
             yield value
 
 
-def arrow_batches(domain: "ResolvedDomain", path: Path):
+def arrow_batches(domain, path: Path):
     try:
         import pyarrow  # noqa: F401  (optional: the `data` extra)
     except ImportError:

@@ -19,6 +19,7 @@ from .sensitivity import SKIPPED_NOISE_UNKNOWN, skip_reason, weight_intervals
 logger = logging.getLogger(__name__)
 
 DEFAULT_SENSITIVITY_DRAWS = 100
+NOISE_HINT = "repeat the base run over two seeds, or give the relative noise sigma"
 
 
 @dataclass
@@ -34,10 +35,12 @@ def ddo_step(runs_file: RunsFile, options: DDOOptions, runs_ref: dict, *,
              noise_sigma: Optional[float] = None,
              sensitivity_draws: int = DEFAULT_SENSITIVITY_DRAWS, seed: int = 0,
              noise_aware: bool = True, extra_provenance: Optional[dict] = None,
-             source: Optional[str] = None) -> DDOStep:
+             source: Optional[str] = None, noise_hint: str = NOISE_HINT,
+             where: str = "") -> DDOStep:
     """Fit, solve, attach the sensitivity report and (``noise_aware``) shrink each move by
     its signal-to-noise ratio. ``runs_ref`` is the runs file as the provenance names it
-    (``{"path": ..., "sha256": ...}``); ``source`` names it in error messages."""
+    (``{"path": ..., "sha256": ...}``); ``source`` names it in error messages; ``noise_hint``
+    and ``where`` word the warning when the noise is unknown (see ``sensitivity``)."""
     design = build_design(runs_file, options, source=source or str(runs_ref["path"]))
     result = solve_design(design, options)
     provenance = {"runs_file": runs_ref, "metric": options.metric or runs_file.metric,
@@ -45,21 +48,22 @@ def ddo_step(runs_file: RunsFile, options: DDOOptions, runs_ref: dict, *,
                   "eval_set": design.eval_set, **(extra_provenance or {})}
     mixture = result_to_mixture(result, provenance)
     mixture.provenance["sensitivity"] = sensitivity(design, options, noise_sigma,
-                                                    sensitivity_draws, seed)
+                                                    sensitivity_draws, seed, noise_hint, where)
     if noise_aware:
         mixture = shrink_ddo_mixture(mixture)
     return DDOStep(mixture, design, result)
 
 
 def sensitivity(design: Design, options: DDOOptions, noise_sigma: Optional[float],
-                draws: int, seed: int) -> dict:
-    """The mixture's ``provenance.sensitivity``: the report, or why there is none."""
+                draws: int, seed: int, noise_hint: str = NOISE_HINT, where: str = "") -> dict:
+    """The mixture's ``provenance.sensitivity``: the report, or why there is none.
+    ``noise_hint`` tells the user, in the caller's terms, how to give the noise; ``where``
+    prefixes the warning (e.g. the sweep's name)."""
     reason = skip_reason(design, noise_sigma, draws)
     if reason is not None:
         if reason == SKIPPED_NOISE_UNKNOWN:
-            logger.warning("no repeated runs and no noise sigma given: the noise is unknown, so "
-                           "no weight intervals are made (repeat the base run over two seeds, "
-                           "or give the relative noise sigma)")
+            logger.warning("%sno repeated runs and no noise sigma given: the noise is unknown, so "
+                           "no weight intervals are made; %s", where, noise_hint)
         return {"skipped": reason}
     from tqdm import tqdm
 

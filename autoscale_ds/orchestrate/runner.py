@@ -166,7 +166,9 @@ def _solve(config: SweepConfig, out: Path, store: RunsStore, runs: List[ProxyRun
                     sensitivity_draws=int(config.ddo.get("sensitivity_draws",
                                                          DEFAULT_SENSITIVITY_DRAWS)),
                     noise_aware=config.ddo.get("noise_aware", True),
-                    extra_provenance={"sweep_budget_tokens": config.budget_tokens})
+                    extra_provenance={"sweep_budget_tokens": config.budget_tokens},
+                    noise_hint="use seeds: [0, 1] or set ddo: {noise_sigma: S}",
+                    where=f"sweep {config.output_dir}: ")
     if step.result.pinned:
         logger.warning("domains kept at their base quantity: %s", step.result.pinned)
     save_mixture(out / MIXTURE_FILE, step.mixture)
