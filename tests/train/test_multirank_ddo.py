@@ -19,14 +19,14 @@ import yaml
 pytest.importorskip("deepspeed")
 pytest.importorskip("transformers")
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 DOMAINS = ["code", "docstrings"]
 
 # Runs launchers/ddo.py as __main__ with an audit hook that records this rank's writes.
 WATCHED_LAUNCH = r'''
 import atexit, json, os, runpy, sys
-
-pytestmark = pytest.mark.slow
 
 watched = os.path.realpath(os.environ["WATCH_DIR"])
 log_path = os.environ["WRITE_LOG"] + "." + os.environ.get("RANK", "?")
