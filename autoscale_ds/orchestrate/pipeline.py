@@ -27,6 +27,8 @@ from .sweep import SweepConfig, check_common_settings
 logger = logging.getLogger(__name__)
 
 BACKTEST_FILE = "backtest.json"
+SUMMARY_FILE = "summary.json"
+SUMMARY_SCHEMA = "autoscale.pipeline_summary/v1"
 DEFAULT_SEEDS = (0, 1)  # two base runs per budget: the least that estimates the noise
 
 
@@ -221,8 +223,8 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
         logger.info("predicting the mixture at the target budget, writing exports and the report")
         prediction, mixture = _predict(config, sweeps, checked.guards)
         backtest = _backtest(config, sweeps, checked.guards)
-        mixture_path, exports, report_path = _write_outputs(checked, out, sweeps, prediction,
-                                                            mixture, backtest)
+        mixture_path, exports, report_path = _write_outputs(config, checked, out, sweeps,
+                                                            prediction, mixture, backtest)
     return PipelineResult(sweeps, prediction, mixture_path, report_path, exports, backtest)
 
 
@@ -265,8 +267,8 @@ def _backtest(config: PipelineConfig, sweeps, guards) -> Optional[dict]:
     return record
 
 
-def _write_outputs(checked: CheckedPipeline, out: Path, sweeps, prediction, mixture,
-                   backtest: Optional[dict] = None):
+def _write_outputs(config: PipelineConfig, checked: CheckedPipeline, out: Path, sweeps,
+                   prediction, mixture, backtest: Optional[dict] = None):
     """Render the mixture, exports, plots and report into a staging folder, then publish
     them together (see :func:`autoscale_ds.orchestrate.outputs.publish`)."""
     from ..atomic import atomic_write_json
@@ -274,10 +276,11 @@ def _write_outputs(checked: CheckedPipeline, out: Path, sweeps, prediction, mixt
     from .report import write_report
 
     staging = staging_dir(out)
-    mixture_name = f"mixture_{human_tokens(mixture.total_tokens)}.json"
+    mixture_name = mixture_file(mixture)
     save_mixture(staging / mixture_name, mixture)
     if backtest is not None:
         atomic_write_json(staging / BACKTEST_FILE, backtest)
+    atomic_write_json(staging / SUMMARY_FILE, pipeline_summary(config, sweeps, mixture))
     exports = {}
     for fmt in checked.formats:
         atomic_write_text(staging / "exports" / f"{fmt}.txt",
@@ -287,6 +290,32 @@ def _write_outputs(checked: CheckedPipeline, out: Path, sweeps, prediction, mixt
                  backtest=backtest)
     publish(staging, out, last=REPORT_FILE)
     return out / mixture_name, exports, out / REPORT_FILE
+
+
+def pipeline_summary(config: PipelineConfig, sweeps, mixture) -> Dict[str, Any]:
+    """``summary.json``: what the run cost and where its answer is, for scripts and checks.
+    ``proxy_tokens_trained`` counts every token that the proxy runs of the plan train
+    (including runs finished by an earlier invocation), i.e. the proxy compute of the answer."""
+    budgets = sorted(config.budgets)
+    return {
+        "schema": SUMMARY_SCHEMA,
+        "budgets": budgets,
+        "proxy_schedule": proxy_schedule(config),
+        "proxy_runs": sum(len(s.runs) for s in sweeps),
+        "proxy_tokens_trained": sum(run.tokens_trained for s in sweeps for run in s.runs),
+        "target_tokens": mixture.total_tokens,
+        "mixture": mixture_file(mixture),
+        "ddo_mixtures": {human_tokens(b): str(s.mixture_path.relative_to(config.output_dir))
+                         for b, s in zip(budgets, sweeps)},
+    }
+
+
+def mixture_file(mixture) -> str:
+    return f"mixture_{human_tokens(mixture.total_tokens)}.json"
+
+
+def proxy_schedule(config: PipelineConfig) -> str:
+    return config.train.get("lr_schedule", "cosine") if isinstance(config.train, dict) else "cosine"
 
 
 def guard_settings(config: PipelineConfig, manifest=None) -> Dict[str, Any]:

@@ -11,7 +11,7 @@ mixture and plots are written atomically only after the last row is in.
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List
 
@@ -42,6 +42,8 @@ class SweepResult:
     """Run ids trained in this invocation (the rest were already done)."""
     failed: List[str]
     pinned: dict
+    runs: List[ProxyRun] = field(default_factory=list)
+    """Every run of the sweep's plan, trained now or before."""
 
 
 @dataclass
@@ -111,7 +113,7 @@ def _run_locked(config: SweepConfig, out: Path, executor, runs: List[ProxyRun]) 
     mixture, pinned = _solve(config, out, store, runs)
     failed = [r["id"] for r in store.failed()]
     return SweepResult(mixture, out / MIXTURE_FILE, out / RUNS_FILE,
-                       [r.run_id for r in pending], failed, pinned)
+                       [r.run_id for r in pending], failed, pinned, list(runs))
 
 
 def _recorder(store: RunsStore, out: Path, total: int):

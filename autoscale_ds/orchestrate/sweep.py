@@ -145,6 +145,11 @@ class ProxyRun:
         return Path(self.config.output_dir)
 
     @property
+    def tokens_trained(self) -> int:
+        """Tokens this run itself trains (its whole budget: it starts from scratch)."""
+        return int(sum(self.config.tokens_per_domain.values()))
+
+    @property
     def config_path(self) -> Path:
         return self.output_dir / "config.yaml"
 

@@ -210,6 +210,14 @@ def test_pipeline_with_local_workers_writes_mixture_exports_and_report(prepared,
     # Every proxy ran in a worker process of its own, with a log.
     assert len(list(out.glob("ddo_*/runs/*/train.log"))) == 3 * (2 + 2 * 2)
     assert "mixture:" in result.stdout and "report:" in result.stdout
+    # summary.json: the budgets, the schedule, and the proxy tokens every run of the plan
+    # trained (from scratch, under the cosine schedule: the sum of the runs files' rows).
+    summary = json.loads((out / "summary.json").read_text())
+    rows = [row for runs in out.glob("ddo_*/runs.json") for row in json.loads(runs.read_text())["runs"]]
+    assert len(rows) == 3 * (2 + 2 * 2)
+    assert summary["budgets"] == [3072, 6144, 12288] and summary["proxy_schedule"] == "cosine"
+    assert summary["proxy_tokens_trained"] == sum(sum(r["train_tokens"].values()) for r in rows)
+    assert summary["mixture"] == "mixture_50K.json" and summary["proxy_runs"] == len(rows)
 
 
 def _run_on_foreign_tokens(prepared, tmp_path):
