@@ -42,6 +42,9 @@ setup(
         "train": ["deepspeed>=0.14", "transformers>=4.40", "tensorboard>=2.10"],
         "gpu": ["triton>=3.0"],
         "megatron": ["megatron-core>=0.9"],
+        # A compiled loop for the blend index (data/_edf_kernel.py); without it the numpy
+        # engine plans the same stream, more slowly.
+        "fast": ["numba>=0.59"],
         "dev": [
             "pytest>=7.0", "hypothesis>=6.0", "megatron-core>=0.9",
             "sentencepiece>=0.2", "tokenizers>=0.15", "pyarrow>=12",
@@ -50,6 +53,8 @@ setup(
             "deepspeed>=0.14", "transformers>=4.40", "tensorboard>=2.10",
             # The fused kernel is tested on CPU through the Triton interpreter.
             "triton>=3.0",
+            # The `fast` extra: the blend index's kernel is tested against the numpy engine.
+            "numba>=0.59",
         ],
     },
     entry_points={"console_scripts": ["autoscale=autoscale_ds.cli:main"]},

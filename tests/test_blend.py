@@ -4,6 +4,7 @@ No torch here: ``autoscale_ds.data.blend`` is pure numpy (checked in a subproces
 """
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -50,10 +51,24 @@ def brute_deviation(domain_index, weights):
 
 
 def small_pieces(monkeypatch):
-    """Tiny blocks, chunks and pieces, so short streams cross every internal boundary."""
+    """Tiny blocks, chunks and pieces, so short streams cross every internal boundary (the
+    compiled kernel's thread pieces too: each one after the first starts from a guess)."""
     for name, value in (("_BLOCK_SLOTS", 1 << 10), ("_SUB_SLOTS", 1 << 8),
                         ("_OVERLAP_SLOTS", 1 << 9), ("_CHUNK_SLOTS", 1 << 7)):
         monkeypatch.setattr(edf_engine, name, value)
+    if edf_engine.compiled_kernel() is not None:
+        monkeypatch.setattr(edf_engine.compiled_kernel(), "_MIN_PIECE_SLOTS", 50)
+
+
+def use_engine(monkeypatch, engine: str) -> None:
+    """Plan with the compiled kernel ("kernel", skipped without numba) or numpy ("numpy")."""
+    if engine == "numpy":
+        monkeypatch.setitem(edf_engine._KERNEL, "module", None)
+    elif edf_engine.compiled_kernel() is None:
+        pytest.skip("numba is not installed: no compiled kernel")
+
+
+ENGINES = ["kernel", "numpy"]
 
 
 weights_st = st.lists(st.one_of(st.just(0.0), st.floats(1e-6, 1.0), st.floats(0.0, 1e-3)),
@@ -78,21 +93,25 @@ def test_every_prefix_is_within_one_sample(raw, n):
             assert not np.any(domain == d)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(raw=weights_st, n=st.integers(1, 2500))
-def test_equals_the_spelled_out_rule_across_internal_boundaries(raw, n):
+def test_equals_the_spelled_out_rule_across_internal_boundaries(engine, raw, n):
     w = normalised(raw)
     with pytest.MonkeyPatch.context() as mp:
+        use_engine(mp, engine)
         small_pieces(mp)
-        domain, sample = blend_indices(w, n, workers=2)
+        domain, sample = blend_indices(w, n, workers=3)
     ref_domain, ref_sample = reference_edf(w, n)
     assert np.array_equal(domain, ref_domain)
     assert np.array_equal(sample, ref_sample)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("w", [[0.97, 0.01, 0.01, 0.01], [0.9999, 0.0001], [0.5, 0.3, 0.2],
                                [1 / 3] * 3, [0.1] * 10, [0.6, 0.1, 0.1, 0.1, 0.1]])
-def test_heavy_and_round_weights_match_the_rule(monkeypatch, w):
+def test_heavy_and_round_weights_match_the_rule(monkeypatch, engine, w):
+    use_engine(monkeypatch, engine)
     small_pieces(monkeypatch)
     domain, sample = blend_indices(w, 3000)
     ref_domain, ref_sample = reference_edf(w, 3000)
@@ -100,6 +119,7 @@ def test_heavy_and_round_weights_match_the_rule(monkeypatch, w):
 
 
 def test_long_scans_switch_to_wide_slack_with_the_same_result(monkeypatch):
+    use_engine(monkeypatch, "numpy")
     small_pieces(monkeypatch)
     monkeypatch.setattr(edf_engine, "_SCAN_CAP", 2)  # force the int32 path
     w = [0.95, 0.03, 0.02]
@@ -114,15 +134,93 @@ def test_one_domain_and_zero_weights():
     assert not np.any(domain == 1) and np.bincount(domain).tolist() == [20, 0, 20]
 
 
-def test_deterministic_and_independent_of_threads_and_piece_sizes(monkeypatch):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_deterministic_and_independent_of_threads_and_piece_sizes(monkeypatch, engine):
+    use_engine(monkeypatch, engine)
     w = np.random.default_rng(0).random(7)
     w = (w / w.sum()).tolist()
     first = blend_indices(w, 200_000, workers=1)
     again = blend_indices(w, 200_000, workers=2)
     small_pieces(monkeypatch)
-    pieces = blend_indices(w, 200_000, workers=2)
+    pieces = blend_indices(w, 200_000, workers=5)
     for other in (again, pieces):
         assert np.array_equal(first[0], other[0]) and np.array_equal(first[1], other[1])
+
+
+SKEWED_WEIGHTS = [
+    [0.97, 0.01, 0.01, 0.01],
+    [1 - 3e-7, 1e-7, 1e-7, 1e-7],  # tiny weights: due dates far past the stream's end
+    np.random.default_rng(3).dirichlet(np.full(10, 0.3)).tolist(),  # down to ~1e-6
+    np.random.default_rng(4).dirichlet(np.full(40, 0.5)).tolist(),  # wider than one scan
+    np.random.default_rng(5).random(10).tolist(),
+    [0.1] * 10,
+    [0.25, 0.0, 0.5, 0.0, 0.25],
+]
+
+
+@pytest.mark.parametrize("w", SKEWED_WEIGHTS, ids=lambda w: f"{len(w)}-min{min(w):.0e}")
+def test_kernel_and_numpy_engine_give_the_same_arrays(monkeypatch, w):
+    w = normalised(w)
+    use_engine(monkeypatch, "kernel")
+    with pytest.MonkeyPatch.context() as mp:
+        small_pieces(mp)  # many thread pieces, each repaired from a guessed start
+        kernel = blend_indices(w, 30_000, workers=7)
+    kernel_plain = blend_indices(w, 30_000, workers=1)
+    use_engine(monkeypatch, "numpy")
+    numpy_path = blend_indices(w, 30_000, workers=2)
+    for got in (kernel, kernel_plain):
+        assert np.array_equal(got[0], numpy_path[0]) and np.array_equal(got[1], numpy_path[1])
+    assert prefix_deviation(kernel[0], w) <= 1.0 + 1e-9
+
+
+def test_kernel_equals_the_spelled_out_rule_on_tiny_weights(monkeypatch):
+    # the numpy engine is slow on these (wide slack): the kernel alone against the rule
+    use_engine(monkeypatch, "kernel")
+    small_pieces(monkeypatch)
+    for w in ([1 - 2e-9, 1e-9, 1e-9], [0.5, 0.5 - 1e-12, 1e-12],
+              [0.5, 0.5 - 2e-15, 1e-15, 1e-15]):  # due dates past the kernel's 2**47 cap
+        domain, sample = blend_indices(w, 3000, workers=4)
+        ref_domain, ref_sample = reference_edf(w, 3000)
+        assert np.array_equal(domain, ref_domain) and np.array_equal(sample, ref_sample)
+
+
+def test_kernel_exact_pick_past_the_due_date_cap():
+    # the kernel's packed keys cap due dates at 2**47; a capped minimum is decided here
+    kernel = pytest.importorskip("autoscale_ds.data._edf_kernel")
+    far = 1 << 50
+    due = np.array([far + 5, far + 3, far + 3, 7], dtype=np.int64)
+    rel = np.array([1, 1, 1, 99], dtype=np.int64)  # the one due first is not released yet
+    assert kernel._first_due(due, rel, 10) == 1  # ties to the lower domain
+    assert kernel._first_due(due, rel, 99) == 3
+
+
+def test_without_numba_the_numpy_engine_plans_and_says_so():
+    # numba unimportable, as on an install without the `fast` extra
+    code = ("import logging, sys; sys.modules['numba'] = None; "
+            "logging.basicConfig(level=logging.INFO, format='%(message)s'); "
+            "from autoscale_ds.data.blend import blend_indices; "
+            "d, i = blend_indices([0.5, 0.3, 0.2], 1000); "
+            "print(d[:12].tolist(), int(d.sum()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "numpy engine" in out.stderr and "compiled" not in out.stderr
+    ref, _ = reference_edf([0.5, 0.3, 0.2], 1000)
+    assert out.stdout.strip() == f"{ref[:12].tolist()} {int(ref.sum())}"
+
+
+def test_a_kernel_that_fails_to_build_falls_back_to_numpy(monkeypatch, caplog):
+    kernel = pytest.importorskip("autoscale_ds.data._edf_kernel")
+
+    def broken(*args):
+        raise RuntimeError("no LLVM here")
+
+    monkeypatch.setattr(kernel, "edf_stream", broken)
+    monkeypatch.setattr(edf_engine, "_KERNEL", {})  # looked up again, once
+    with caplog.at_level(logging.INFO, logger="autoscale_ds.data._edf"):
+        domain, _ = blend_indices([0.5, 0.3, 0.2], 500)
+        blend_indices([0.5, 0.5], 10)
+    assert np.array_equal(domain, reference_edf([0.5, 0.3, 0.2], 500)[0])
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "no LLVM here" in said[0] and "numpy engine" in said[0]
 
 
 def test_a_longer_stream_extends_a_shorter_one():

@@ -240,9 +240,42 @@ def _edf_stream(numerators: np.ndarray, out_dom: np.ndarray, out_idx: np.ndarray
         out_dom[:] = active[0]
         out_idx[:] = np.arange(n)
         return
-    _edf_numpy(numerators[active], out_dom, out_idx, workers)
+    kernel = compiled_kernel()
+    if kernel is not None:
+        kernel.edf_stream(numerators[active], out_dom, out_idx, workers)
+    else:
+        _edf_numpy(numerators[active], out_dom, out_idx, workers)
     if len(active) < len(numerators):
         np.take(active, out_dom, out=out_dom)
+
+
+_KERNEL = {}  # "module": the compiled kernel, or None where it cannot run; looked up once
+
+
+def compiled_kernel():
+    """The numba kernel module (imported, compiled or loaded from numba's cache, and run
+    once on a small stream), or None where numba is missing or the kernel fails: then the
+    numpy engine plans, with the same result. Says once which path is used."""
+    if "module" not in _KERNEL:
+        _KERNEL["module"] = _load_kernel()
+    return _KERNEL["module"]
+
+
+def _load_kernel():
+    try:
+        from . import _edf_kernel
+    except ImportError as err:  # numba is optional: the `fast` extra
+        logger.info("blend index: numpy engine (%s; the `fast` extra brings numba)", err)
+        return None
+    try:
+        _edf_kernel.edf_stream(np.array([4, 3, 1], dtype=np.int64) << 49,
+                               np.empty(16, dtype=np.int16), np.empty(16, dtype=np.int64), 1)
+    except Exception as err:  # noqa: BLE001 -- any compile failure: plan with numpy
+        logger.warning("blend index: the numba kernel failed (%s: %s); using the numpy "
+                       "engine", type(err).__name__, err)
+        return None
+    logger.info("blend index: compiled EDF kernel (numba %s)", _edf_kernel.numba.__version__)
+    return _edf_kernel
 
 
 def _edf_numpy(numerators: np.ndarray, out_dom: np.ndarray, out_idx: np.ndarray,

@@ -22,8 +22,14 @@ Megatron's ``build_blending_indices`` (serve ``argmax_d w_d max(t, 1) - count_d`
 keep this bound: on skewed weights a domain falls up to ~2 samples behind. So our stream is
 not Megatron's; the tests compare both deviations against the C++ helper.
 
-Speed, without a Python loop per sample: (1) all samples sorted by (due date, domain),
-Jefferson's order, built in O(n) from counts of due dates, no sort, on several threads;
+Speed. With numba (the ``fast`` extra) a compiled loop applies the rule slot by slot: a
+branch-free scan of the domains, exact integer due dates, the stream cut into one piece per
+thread, each piece after the first started from a guess and replayed from the true state
+until they agree (``_edf_kernel.py``). Without numba, or where it fails to compile, the
+numpy engine below gives the same arrays (tested), more slowly; which one runs is logged once.
+
+The numpy engine, without a Python loop per sample: (1) all samples sorted by (due date,
+domain), Jefferson's order, built in O(n) from counts of due dates, no sort, on threads;
 EDF equals that order except where it serves a sample before it is allowed ("early").
 (2) An isolated early sample just waits for its release, the ones in between move up a
 slot: a vectorised rotation. (3) Tangled early samples are replayed exactly from the last
@@ -41,7 +47,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import InputError
-from ._edf import MAX_SAMPLES, _alloc, _edf_stream
+from ._edf import MAX_SAMPLES, _alloc, _edf_stream, compiled_kernel
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +129,12 @@ def default_workers() -> int:
     """Threads for planning: numpy releases the GIL in the array work, so cores add up."""
     return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                       else (os.cpu_count() or 1)))
+
+
+def blend_engine() -> str:
+    """Which planner runs here: "numba" (the compiled kernel) or "numpy" (same arrays,
+    slower). The first call imports numba and compiles the kernel or loads it from cache."""
+    return "numba" if compiled_kernel() is not None else "numpy"
 
 
 def build_blend(stages: Sequence, workers: Optional[int] = None) -> Blend:
