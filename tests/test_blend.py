@@ -213,7 +213,7 @@ def test_a_kernel_that_fails_to_build_falls_back_to_numpy(monkeypatch, caplog):
     def broken(*args):
         raise RuntimeError("no LLVM here")
 
-    monkeypatch.setattr(kernel, "edf_stream", broken)
+    monkeypatch.setattr(kernel, "warm_up", broken)
     monkeypatch.setattr(edf_engine, "_KERNEL", {})  # looked up again, once
     with caplog.at_level(logging.INFO, logger="autoscale_ds.data._edf"):
         domain, _ = blend_indices([0.5, 0.3, 0.2], 500)

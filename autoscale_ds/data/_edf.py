@@ -268,8 +268,7 @@ def _load_kernel():
         logger.info("blend index: numpy engine (%s; the `fast` extra brings numba)", err)
         return None
     try:
-        _edf_kernel.edf_stream(np.array([4, 3, 1], dtype=np.int64) << 49,
-                               np.empty(16, dtype=np.int16), np.empty(16, dtype=np.int64), 1)
+        _edf_kernel.warm_up()
     except Exception as err:  # noqa: BLE001 -- any compile failure: plan with numpy
         logger.warning("blend index: the numba kernel failed (%s: %s); using the numpy "
                        "engine", type(err).__name__, err)

@@ -236,3 +236,12 @@ def _repair(kernel: _Kernel, bounds, guesses, ends, out_dom, out_idx) -> None:
         if stop > bounds[k] + 4096:
             logger.debug("piece %d: the guessed start agreed with EDF after %d slots",
                          k, stop - bounds[k])
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) both loops on a tiny stream, so a failure shows
+    here, where the caller can still choose the numpy engine."""
+    kernel = _Kernel(np.array([4, 3, 1], dtype=np.int64) << 49)  # weights 1/2, 3/8, 1/8
+    out_dom, out_idx = np.empty(16, dtype=np.int16), np.empty(16, dtype=np.int64)
+    kernel.serve([kernel.state(0)], out_dom, out_idx, [0], [16])
+    kernel.replay(kernel.state(0), out_dom, out_idx, 0, 16, np.array([1, -1, 0]))

@@ -23,10 +23,11 @@ keep this bound: on skewed weights a domain falls up to ~2 samples behind. So ou
 not Megatron's; the tests compare both deviations against the C++ helper.
 
 Speed. With numba (the ``fast`` extra) a compiled loop applies the rule slot by slot: a
-branch-free scan of the domains, exact integer due dates, the stream cut into one piece per
-thread, each piece after the first started from a guess and replayed from the true state
-until they agree (``_edf_kernel.py``). Without numba, or where it fails to compile, the
-numpy engine below gives the same arrays (tested), more slowly; which one runs is logged once.
+branch-free scan of the domains, exact integer due dates, the stream cut into four pieces
+per thread that the thread steps in turn (the CPU overlaps them), each piece after the
+first started from a guess and replayed from the true state until they agree
+(``_edf_kernel.py``). Without numba, or where it fails to compile, the numpy engine below
+gives the same arrays (tested), more slowly; which one runs is logged once.
 
 The numpy engine, without a Python loop per sample: (1) all samples sorted by (due date,
 domain), Jefferson's order, built in O(n) from counts of due dates, no sort, on threads;
