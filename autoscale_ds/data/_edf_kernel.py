@@ -106,9 +106,9 @@ def _advance(d, count, rel, due, acc_q, acc_r, num, step_q, step_r):
     due[d] = acc_q[d] + (acc_r[d] > 0)
 
 
-@numba.njit(cache=True, nogil=True)
-def _packed_keys(due):
-    """(due date, domain) as one int64 per domain (last axis); see ``_DUE_CAP``."""
+def _packed_keys(due: np.ndarray) -> np.ndarray:
+    """(due date, domain) as one int64 per domain (last axis); see ``_DUE_CAP``. Plain
+    numpy, outside the compiled loops: fewer numpy functions there compile faster."""
     return (np.minimum(due, _DUE_CAP) << _DOMAIN_BITS) | np.arange(due.shape[-1])
 
 
@@ -124,12 +124,12 @@ def _tally(diff, served, replaced):
 
 
 @numba.njit(cache=True, nogil=True)
-def _serve_lanes(num, step_q, step_r, count, rel, due, acc_q, acc_r, out_dom, out_idx,
-                 lo, hi):
+def _serve_lanes(num, step_q, step_r, count, rel, due, acc_q, acc_r, packed, out_dom,
+                 out_idx, lo, hi, steps):
     """Serve positions [lo[k], hi[k]) by EDF from state row k (rows updated in place), all
-    lanes a slot at a time: the lanes are independent, so the CPU overlaps them."""
-    packed = _packed_keys(due)
-    for step in range(np.max(hi - lo)):
+    lanes a slot at a time (``steps``: the longest lane): the lanes are independent, so the
+    CPU overlaps them."""
+    for step in range(steps):
         for k in range(len(lo)):
             pos = lo[k] + step
             if pos >= hi[k]:
@@ -146,13 +146,12 @@ def _serve_lanes(num, step_q, step_r, count, rel, due, acc_q, acc_r, out_dom, ou
 
 
 @numba.njit(cache=True, nogil=True)
-def _replay(num, step_q, step_r, count, rel, due, acc_q, acc_r, out_dom, out_idx, lo, hi,
-            diff):
+def _replay(num, step_q, step_r, count, rel, due, acc_q, acc_r, packed, out_dom, out_idx,
+            lo, hi, diff, unequal):
     """EDF over positions [lo, hi) from the true state (updated in place), where the output
-    holds a run from a guessed state and ``diff`` is true minus guessed counts: stop after
-    the first slot where the counts agree and return that position (``hi``: they never)."""
-    packed = _packed_keys(due)
-    unequal = np.count_nonzero(diff)
+    holds a run from a guessed state, ``diff`` is true minus guessed counts and ``unequal``
+    its nonzero entries: stop after the first slot where the counts agree and return that
+    position (``hi``: they never did)."""
     if unequal == 0:
         return lo
     for pos in range(lo, hi):
@@ -189,8 +188,9 @@ class _Kernel:
               hi: List[int]) -> None:
         """Run each state over its positions, interleaved in one thread."""
         rows = [np.stack([getattr(s, name) for s in states]) for name in _State.FIELDS]
-        _serve_lanes(self.num, self.step_q, self.step_r, *rows, out_dom, out_idx,
-                     np.array(lo, dtype=np.int64), np.array(hi, dtype=np.int64))
+        lo, hi = np.array(lo, dtype=np.int64), np.array(hi, dtype=np.int64)
+        _serve_lanes(self.num, self.step_q, self.step_r, *rows, _packed_keys(rows[2]),
+                     out_dom, out_idx, lo, hi, int(np.max(hi - lo)))
         for k, state in enumerate(states):  # each becomes its piece's end state
             for name, row in zip(_State.FIELDS, rows):
                 getattr(state, name)[:] = row[k]
@@ -199,7 +199,8 @@ class _Kernel:
                diff: np.ndarray) -> int:
         return int(_replay(self.num, self.step_q, self.step_r,
                            *(getattr(state, name) for name in _State.FIELDS),
-                           out_dom, out_idx, lo, hi, diff))
+                           _packed_keys(state.due), out_dom, out_idx, lo, hi, diff,
+                           np.count_nonzero(diff)))
 
 
 def edf_stream(numerators: np.ndarray, out_dom: np.ndarray, out_idx: np.ndarray,
