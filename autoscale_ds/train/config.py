@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional
 
 from ..errors import InputError
 from ..yaml_config import load_yaml_config
+from .plan import DECAY_SHAPES, LR_SCHEDULES
 from .presets import check_model_choice
 
 
@@ -39,6 +40,17 @@ class TrainConfig:
     learning_rate: float = 1e-3
     min_lr_ratio: float = 0.1
     warmup_fraction: float = 0.05
+    """Warmup as a share of the run's optimizer steps (ignored when `warmup_steps` is set)."""
+    warmup_steps: Optional[int] = None
+    """Warmup in optimizer steps; overrides `warmup_fraction`, so runs of several budgets
+    (a WSD family and its branches) share one warmup."""
+    lr_schedule: str = "cosine"
+    """cosine (warmup, cosine decay to min_lr over the whole run), wsd (warmup, constant peak,
+    decay to min_lr over the last `decay_fraction` of the run's steps) or constant."""
+    decay_fraction: float = 0.2
+    """wsd: share of this run's own optimizer steps (a branch: of its own budget) that decay."""
+    decay_shape: str = "linear"
+    """wsd decay: linear, or 1-sqrt (lr = min_lr + (peak - min_lr)(1 - sqrt(progress)))."""
     weight_decay: float = 0.01
     gradient_clipping: float = 1.0
     dropout: float = 0.0
@@ -59,6 +71,14 @@ class TrainConfig:
     no activations for a backward pass, so larger batches fit)."""
     checkpoint_interval_steps: int = 0
     """Save a checkpoint every N steps (0: only at the end)."""
+    keep_checkpoints_at_steps: List[int] = field(default_factory=list)
+    """Also save a checkpoint after each of these optimizer steps and never prune it: the
+    branch points that shorter runs of a WSD family start from (`branch_from`)."""
+    branch_from: Optional[Dict[str, Any]] = None
+    """{checkpoint_dir: PATH, step: N}: start from step N of a parent run (its
+    `<output_dir>/checkpoints`, kept there by its `keep_checkpoints_at_steps`, read only) and
+    train on to this run's own budget with its own decay. The parent must be the same run
+    config up to the budget and schedule, with the same mixture proportions."""
     max_epochs: Optional[float] = None
     """Cap on passes over a domain's tokens; an over-request is an error."""
     divergence_factor: float = 3.0
@@ -94,6 +114,7 @@ class TrainConfig:
                                             or isinstance(self.zero_stage, bool)):
             problems.append(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage!r}")
         problems += _rule_problems(self)
+        problems += _schedule_problems(self)
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             problems.append(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         if not isinstance(self.monitor, list) or any(m not in ("csv", "tensorboard") for m in self.monitor):
@@ -127,8 +148,20 @@ class TrainConfig:
         # zero_stage was `0` before it could be left unset: hashing unset as 0 keeps the keys
         # of runs already recorded in a sweep, so a restarted sweep does not retrain them.
         payload["zero_stage"] = 0 if self.zero_stage is None else self.zero_stage
+        # Fields added later are hashed only when they change the run, so configs written
+        # before they existed keep their fingerprint (and their recorded results).
+        for name, default in _LATER_FIELD_DEFAULTS.items():
+            if payload[name] == default:
+                del payload[name]
+        if self.lr_schedule != "wsd":  # the decay settings are unused then
+            payload.pop("decay_fraction", None)
+            payload.pop("decay_shape", None)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
+
+_LATER_FIELD_DEFAULTS = {"warmup_steps": None, "lr_schedule": "cosine", "decay_fraction": 0.2,
+                         "decay_shape": "linear", "keep_checkpoints_at_steps": [],
+                         "branch_from": None}
 
 # Fields whose only rule is their type; the others get a rule of their own below.
 _STRING_FIELDS = ("manifest", "output_dir", "run_id")
@@ -158,6 +191,44 @@ def _rule_problems(config: "TrainConfig") -> List[str]:
         checks.append(("max_epochs", lambda v: v > 0, "must be positive"))
     return [f"{name} {rule}, got {getattr(config, name)!r}" for name, test, rule in checks
             if not (_is_number(getattr(config, name)) and test(getattr(config, name)))]
+
+
+def _schedule_problems(config: "TrainConfig") -> List[str]:
+    problems = []
+    if config.lr_schedule not in LR_SCHEDULES:
+        problems.append(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
+                        f"got {config.lr_schedule!r}")
+    if config.decay_shape not in DECAY_SHAPES:
+        problems.append(f"decay_shape must be one of {', '.join(DECAY_SHAPES)}, "
+                        f"got {config.decay_shape!r}")
+    if not (_is_number(config.decay_fraction) and 0 < config.decay_fraction <= 1):
+        problems.append(f"decay_fraction must be in (0, 1], got {config.decay_fraction!r}")
+    if config.warmup_steps is not None:
+        problems += _non_negative_integers(config, ["warmup_steps"])
+    steps = config.keep_checkpoints_at_steps
+    if not (isinstance(steps, list) and all(_is_integer(s) and s > 0 for s in steps)):
+        problems.append(f"keep_checkpoints_at_steps must be a list of optimizer steps (integers "
+                        f"> 0), got {steps!r}")
+    if config.branch_from is not None:
+        problems += _branch_problems(config.branch_from)
+    return problems
+
+
+def _branch_problems(branch) -> List[str]:
+    shape = "branch_from must be {checkpoint_dir: PATH, step: N}"
+    if not isinstance(branch, dict):
+        return [f"{shape}, got {branch!r}"]
+    problems = []
+    unknown = sorted(str(k) for k in set(branch) - {"checkpoint_dir", "step"})
+    if unknown:
+        problems.append(f"{shape}; unknown key(s) {unknown}")
+    directory, step = branch.get("checkpoint_dir"), branch.get("step")
+    if not (isinstance(directory, str) and directory):
+        problems.append(f"branch_from.checkpoint_dir must be the parent run's checkpoint "
+                        f"directory (a path), got {directory!r}")
+    if not (_is_integer(step) and step > 0):
+        problems.append(f"branch_from.step must be an optimizer step (an integer > 0), got {step!r}")
+    return problems
 
 
 def _ds_config_problems(path: str) -> List[str]:

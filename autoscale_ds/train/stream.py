@@ -9,7 +9,7 @@ lives in :mod:`autoscale_ds.data.layout`, shared with the public ``BlendSampler`
 DataLoader over it yields these same micro-batches.
 """
 
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -21,12 +21,16 @@ from .plan import BatchTriple, SamplePlan
 
 
 class TrainStream:
-    def __init__(self, sources: Sequence, plan: SamplePlan, triple: BatchTriple, rank: int):
+    def __init__(self, sources: Sequence, plan: SamplePlan, triple: BatchTriple, rank: int,
+                 weights: Optional[Sequence[float]] = None):
+        """``weights``: the blend's, when not the plan's own. A WSD branch reads its parent's
+        stream: with the same weights, a blend of any length is a prefix of a longer one."""
         self.sources = list(sources)
         self.plan = plan
         self.triple = triple
         self.rank = rank
-        self.domain_index, self.domain_sample_index = blend_indices(plan.weights, plan.total_samples)
+        self.domain_index, self.domain_sample_index = blend_indices(
+            plan.weights if weights is None else weights, plan.total_samples)
 
     def positions(self, step: int, accumulation_index: int) -> np.ndarray:
         """This rank's global positions for micro-batch ``accumulation_index`` of ``step``."""

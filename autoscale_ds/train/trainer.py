@@ -1,9 +1,10 @@
 """The DeepSpeed training loop behind `launchers/train.py`.
 
 One run: budget per domain -> whole samples -> a blended, rank-sharded stream -> a proxy
-model in a DeepSpeed engine -> warmup + cosine schedule -> per-domain loss tracking ->
-periodic eval and checkpoints -> one row of ``autoscale.runs/v1`` in ``result.json``.
-A NaN/inf or diverging loss ends the run as ``status: failed`` with the reason.
+model in a DeepSpeed engine -> warmup + cosine / wsd / constant schedule -> per-domain loss
+tracking -> periodic eval and checkpoints -> one row of ``autoscale.runs/v1`` in ``result.json``.
+A NaN/inf or diverging loss ends the run as ``status: failed`` with the reason. A WSD branch
+(``branch_from``) starts from its parent's checkpoint instead of step 0 (see ``branch.py``).
 """
 
 import json
@@ -25,12 +26,14 @@ from ..data.indexed import open_domain_store
 from ..data.samples import DomainSamples
 from ..errors import InputError
 from ..formats.schemas import RUNS_SCHEMA, load_mixture
+from .branch import (BranchPoint, check_branch, checkpoint_tag, in_parent_order, lineage_fingerprint,
+                     parent_tag_dir, read_branch_point, resolve_branch_point, write_branch_point)
 from .config import TrainConfig
 from .distributed import barrier, ensure_launcher_env, is_main_process, rank, world_size
 from .domain_loss import per_domain_cross_entropy, reduce_across_ranks
 from .evaluate import build_eval_set, evaluate
 from .models import build_model, causal_batch, count_parameters, masked_batch
-from .plan import BatchTriple, SamplePlan, derive_batch_triple, learning_rate_at, plan_samples
+from .plan import BatchTriple, LRSchedule, SamplePlan, derive_batch_triple, plan_samples, plan_schedule
 from .stream import TrainStream
 
 logger = logging.getLogger(__name__)
@@ -162,21 +165,47 @@ class Trainer:
             raise InputError(f"budget names domain(s) {unknown} that the manifest "
                              f"{config.manifest} does not have ({sorted(self.manifest.domains)})")
         self.triple = derive_batch_triple(config.global_batch_size, config.micro_batch_size, world_size())
-        self.plan: SamplePlan = plan_samples(budget, config.seq_len, config.global_batch_size)
+        self._plan_run(budget)
         self.vocab_size = int(self.manifest.tokenizer["vocab_size"])
         self.sources = [DomainSamples(self._open_store(d, "train"), config.seq_len, config.seed,
                                       d, config.max_epochs) for d in self.plan.domains]
         for domain in self.plan.domains:  # the eval set reads these; fail now, not mid-run
             self._open_store(domain, "valid").close()
-        self.epochs = {s.name: s.plan(self.plan.samples_per_domain[s.name]).epochs for s in self.sources}
         self.eval_seconds = 0.0
         self.eval_set_entry: Optional[dict] = None
-        self.stream = TrainStream(self.sources, self.plan, self.triple, rank())
+        weights = self.branch_point.stream_weights() if self.branch_point else None
+        self.stream = TrainStream(self.sources, self.plan, self.triple, rank(), weights)
+        # A branch reads its parent's stream, so its per-domain counts are the stream's.
+        samples = {d: t // config.seq_len for d, t in
+                   self.stream.tokens_consumed(self.plan.total_steps).items()} \
+            if self.branch_point else self.plan.samples_per_domain
+        self.epochs = {s.name: s.plan(samples[s.name]).epochs for s in self.sources}
         self.state = RunState(domain_loss_sums=[0.0] * len(self.plan.domains),
                               domain_token_counts=[0.0] * len(self.plan.domains))
         self.engine = None
 
     # ------------------------------------------------------------------ set-up
+
+    def _plan_run(self, budget: Dict[str, float]) -> None:
+        """Samples, steps and learning rates; a branch's checked against its parent."""
+        config = self.config
+        self.branch_point: Optional[BranchPoint] = None
+        check_parent = False
+        if config.branch_from:
+            self.branch_point, check_parent = resolve_branch_point(config, self._checkpoint_dir())
+            budget = in_parent_order(budget, self.branch_point, parent_tag_dir(config))
+        self.budget = budget
+        self.plan: SamplePlan = plan_samples(budget, config.seq_len, config.global_batch_size)
+        self.schedule: LRSchedule = plan_schedule(
+            config.lr_schedule, self.plan.total_steps, config.learning_rate,
+            config.learning_rate * config.min_lr_ratio, config.warmup_fraction,
+            config.warmup_steps, config.decay_fraction, config.decay_shape)
+        if check_parent:
+            check_branch(self.branch_point, config, self.schedule)
+        beyond = [s for s in config.keep_checkpoints_at_steps if s > self.plan.total_steps]
+        if beyond:
+            raise InputError(f"keep_checkpoints_at_steps {beyond} lie beyond the run's "
+                             f"{self.plan.total_steps} optimizer steps")
 
     def _open_store(self, domain: str, split: str):
         """A domain's token store, refused if any id falls outside the model's vocabulary
@@ -206,18 +235,16 @@ class Trainer:
         if is_main_process():
             logger.info("model %s-%s: %s parameters", self.config.model_family,
                         self.config.model_size, f"{count_parameters(model):,}")
-        warmup = max(1, round(self.config.warmup_fraction * self.plan.total_steps))
-        peak, floor = self.config.learning_rate, self.config.learning_rate * self.config.min_lr_ratio
+        lrs = self.schedule
 
         def schedule(optimizer):
-            return torch.optim.lr_scheduler.LambdaLR(
-                optimizer, lambda step: learning_rate_at(step, self.plan.total_steps, warmup, peak, floor) / peak)
+            return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lrs.at(step) / lrs.peak_lr)
 
         engine, _, _, _ = deepspeed.initialize(
             model=model, model_parameters=model.parameters(), lr_scheduler=schedule,
             config=build_ds_config(self.config, self.triple, on_gpu))
         self.engine = engine
-        self.warmup_steps = warmup
+        self.warmup_steps = lrs.warmup_steps
 
     def _checkpoint_dir(self) -> Path:
         return self.output_dir / "checkpoints"
@@ -228,11 +255,16 @@ class Trainer:
         directory = self._checkpoint_dir()
         latest = directory / "latest"
         if not latest.exists():
+            if self.config.branch_from:
+                self._start_branch()
             return
         failures = []
         for tag in _checkpoint_tags(directory, latest):
             failure = self._load_checkpoint(directory, tag)
             if failure is None:
+                if is_main_process() and read_branch_point(directory / tag) is None:
+                    # killed between the checkpoint and its record: a branch may need it
+                    write_branch_point(directory / tag, self._branch_point())
                 return
             failures.append(failure)
         raise CheckpointUnreadable(f"no readable checkpoint in {directory}: {'; '.join(failures)}; "
@@ -256,21 +288,55 @@ class Trainer:
         if client is None or client.get("fingerprint") != self.config.fingerprint():
             raise InputError(f"checkpoint in {self._checkpoint_dir()} belongs to a different run "
                              "config; use a new output_dir or delete the checkpoints")
-        self.state = RunState(**client["run_state"])
-        torch.set_rng_state(client["torch_rng"])
+        self._restore_state(client)
         logger.info("resumed from step %d", self.state.step)
 
+    def _restore_state(self, client) -> None:
+        self.state = RunState(**client["run_state"])
+        torch.set_rng_state(client["torch_rng"])
+
+    def _start_branch(self) -> None:
+        """Model, optimizer, RNG and run state of the parent at the branch point (its
+        directory is only read), then this run's learning rate for that step."""
+        step, tag_dir = self.config.branch_from["step"], parent_tag_dir(self.config)
+        try:
+            path, client = self.engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+        except Exception as exc:  # torch's zip/pickle errors have no common base class
+            raise InputError(f"branch_from: the parent checkpoint {tag_dir} is unreadable "
+                             f"({_first_line(exc)}); rerun the parent run") from None
+        if path is None or client is None or client.get("lineage") != lineage_fingerprint(self.config):
+            raise InputError(f"branch_from: {tag_dir} is not a checkpoint of this branch's "
+                             "parent (missing, or another run config); rerun the parent run")
+        self._restore_state(client)
+        if self.state.step != step:
+            raise InputError(f"branch_from: {tag_dir} holds step {self.state.step}, not {step}")
+        # The checkpoint's optimizer carries the parent's rate for this step; from here on
+        # the rates are this run's (they differ when the branch decays from its first step).
+        scheduler = self.engine.lr_scheduler
+        for group in scheduler.optimizer.param_groups:
+            group["lr"] = self.schedule.at(step)
+        logger.info("branched from %s at step %d", tag_dir, step)
+
+    def _branch_point(self) -> BranchPoint:
+        """This run's record next to its checkpoint at the current step."""
+        stream = self.branch_point.stream_samples if self.branch_point else self.plan.samples_per_domain
+        return BranchPoint(self.state.step, lineage_fingerprint(self.config), dict(stream),
+                           dict(self.budget), vars(self.schedule).copy())
+
     def _save_checkpoint(self) -> None:
-        tag = f"step_{self.state.step:08d}"
-        client = {"fingerprint": self.config.fingerprint(), "run_state": vars(self.state).copy(),
-                  "torch_rng": torch.get_rng_state()}
+        tag = checkpoint_tag(self.state.step)
+        client = {"fingerprint": self.config.fingerprint(), "lineage": lineage_fingerprint(self.config),
+                  "run_state": vars(self.state).copy(), "torch_rng": torch.get_rng_state()}
         self.engine.save_checkpoint(str(self._checkpoint_dir()), tag=tag, client_state=client)
         barrier()
         if is_main_process():
+            write_branch_point(self._checkpoint_dir() / tag, self._branch_point())
             self._prune_checkpoints()
 
     def _prune_checkpoints(self) -> None:
-        tags = sorted(p for p in self._checkpoint_dir().glob("step_*") if p.is_dir())
+        """Keep the newest few, and every branch point asked for."""
+        kept = {checkpoint_tag(s) for s in self.config.keep_checkpoints_at_steps}
+        tags = sorted(p for p in self._checkpoint_dir().glob("step_*") if p.is_dir() and p.name not in kept)
         for old in tags[:-_CHECKPOINTS_KEPT]:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -376,8 +442,9 @@ class Trainer:
                 if config.eval_interval_steps and self.state.step % config.eval_interval_steps == 0 \
                         and self.state.step < self.plan.total_steps:
                     self._evaluate(eval_set)
-                if config.checkpoint_interval_steps and \
-                        self.state.step % config.checkpoint_interval_steps == 0:
+                if (config.checkpoint_interval_steps and
+                        self.state.step % config.checkpoint_interval_steps == 0) or \
+                        self.state.step in config.keep_checkpoints_at_steps:
                     self._save_checkpoint()
 
     def _result_row(self, status, reason, final_eval, seconds) -> dict:
@@ -393,6 +460,8 @@ class Trainer:
                # This process's evaluation time only: a resumed run counts from its restart.
                "eval_seconds": round(self.eval_seconds, 3),
                "step_losses": self.state.step_losses, "evals": self.state.evals}
+        if self.config.branch_from:
+            row["branch_from"] = dict(self.config.branch_from)
         if reason:
             row["reason"] = reason
             row["failure_kind"] = "training"  # deterministic: rerunning would fail the same way
