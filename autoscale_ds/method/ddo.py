@@ -53,6 +53,10 @@ class DDOOptions:
     """Keep domains lacking perturbed runs at their base quantity instead of failing."""
     allow_mixed_eval: bool = False
     """Combine runs measured on different eval sets (warns; recorded in the provenance)."""
+    token_tolerance: float = 0.0
+    """A run whose tokens of a domain are within this many of the base run's counts as
+    unchanged in it. WSD branches need one sample: a branch reads its parent's blended
+    stream, whose every prefix is within one sample per domain of exact."""
 
     def __post_init__(self):
         problems = []
@@ -69,6 +73,9 @@ class DDOOptions:
                 problems.append(f"{name} must be true or false, got {getattr(self, name)!r}")
         if not (self.max_epochs > 0):
             problems.append(f"max_epochs must be positive, got {self.max_epochs!r}")
+        if not (isinstance(self.token_tolerance, (int, float)) and self.token_tolerance >= 0):
+            problems.append(f"token_tolerance must be a number of tokens >= 0, got "
+                            f"{self.token_tolerance!r}")
         for domain, (lo, hi) in self.ratio_bounds.items():
             if not (0 < lo <= hi):
                 problems.append(f"ratio bounds of {domain!r} must satisfy 0 < lo <= hi, got ({lo}, {hi})")
@@ -192,6 +199,8 @@ def build_design(runs_file: RunsFile, options: DDOOptions, source: str = "<runs>
     domains = list(ok_runs[0].train_tokens)
     vectors = [tuple(run.train_tokens[d] for d in domains) for run in ok_runs]
     base_vector = _find_base(ok_runs, vectors, options.base_run, source)
+    if options.token_tolerance > 0:
+        vectors = [_snapped(vector, base_vector, options.token_tolerance) for vector in vectors]
     base = np.asarray(base_vector, dtype=float)
     if np.any(base <= 0):
         zero = domains[int(np.argmin(base))]
@@ -304,6 +313,11 @@ def _find_base(runs, vectors, base_run_id, source):
         raise InputError(f"runs file {source}: cannot tell the base run from the token counts "
                          f"(runs {ids[0]!r} and {ids[1]!r} fit equally); pass --base-run ID")
     return ranked[0][0]
+
+
+def _snapped(vector: Sequence[float], base: Sequence[float], tolerance: float) -> tuple:
+    """``vector`` with each count within ``tolerance`` tokens of the base's set to the base's."""
+    return tuple(b if abs(x - b) <= tolerance else x for x, b in zip(vector, base))
 
 
 def _num_changed(a: Sequence[float], b: Sequence[float]) -> int:

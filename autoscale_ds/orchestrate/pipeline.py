@@ -22,7 +22,9 @@ from .outputs import REPORT_FILE, publish, staging_dir
 from .runner import check_sweep, lock_output_dir, run_sweep
 from .settings import (ConfigProblems, Problems, export_section, guard_problems, is_number,
                        output_dir_problem, predict_section, quiet, token_count)
-from .sweep import SweepConfig, check_common_settings
+from ..train.config import TrainConfig
+from .sweep import ProxyRun, SweepConfig, check_common_settings
+from .wsd import PROXY_SCHEDULES, link_wsd_family
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,11 @@ class PipelineConfig:
     the largest budget's weight by the signal-to-noise ratio of its trend)."""
     export: Dict[str, Any] = field(default_factory=lambda: {"formats": ["megatron", "gpt-neox", "hf"]})
     """formats (list) and data_paths (a paths map file; default: the manifest's own stores)."""
+    proxy_schedule: str = "cosine"
+    """cosine: every proxy run trains from scratch with its own cosine schedule. wsd: each
+    mixture is trained once, to the largest budget, with a warmup-stable-decay schedule, and
+    every smaller budget is a decay branch off its stable phase (``train: {decay_fraction,
+    decay_shape}`` shape the decay)."""
 
     origin = "pipeline config"  # not a setting: what error messages call this config (its file)
 
@@ -73,6 +80,7 @@ class PipelineConfig:
         self._check_budgets_and_target(problems)
         problems.attempt(None, predict_section, self.predict)
         problems.attempt(None, export_section, self.export)
+        self._check_proxy_schedule(problems)
         if isinstance(self.predict, dict) and self.predict.get("max_epochs") is not None \
                 and self.target_tokens is None:
             problems.add("predict.max_epochs", "needs target_tokens (with `steps` the target "
@@ -107,6 +115,24 @@ class PipelineConfig:
         if self.steps is not None and not (is_number(self.steps) and self.steps >= 0):
             problems.add("steps", f"must be a number >= 0, got {self.steps!r}")
 
+    def _check_proxy_schedule(self, problems: Problems) -> None:
+        if self.proxy_schedule not in PROXY_SCHEDULES:
+            problems.add("proxy_schedule", f"must be one of {', '.join(PROXY_SCHEDULES)}, got "
+                         f"{self.proxy_schedule!r}")
+        if isinstance(self.train, dict) and "lr_schedule" in self.train:
+            problems.add("train.lr_schedule", "is set by the pipeline's proxy_schedule (wsd or "
+                         "cosine); remove it and set proxy_schedule")
+
+    def _ddo_settings(self) -> Dict[str, Any]:
+        """The sweeps' ``ddo:`` settings. WSD branches read their parent's stream, whose
+        prefix is within one sample per domain of the planned counts: DDO takes a domain
+        within one sample of the base run's as unchanged, the base run named by its id."""
+        if self.proxy_schedule != "wsd" or not isinstance(self.ddo, dict):
+            return self.ddo
+        seq_len = self.train.get("seq_len", TrainConfig.seq_len) if isinstance(self.train, dict) else None
+        seeds = self.seeds if isinstance(self.seeds, list) and self.seeds else [0]
+        return {"token_tolerance": seq_len, "base_run": f"base-s{seeds[0]}", **self.ddo}
+
     def _noise_given(self) -> bool:
         return isinstance(self.ddo, dict) and self.ddo.get("noise_sigma") is not None
 
@@ -115,7 +141,7 @@ class PipelineConfig:
                             budget_tokens=budget, domains=self.domains, base_weights=self.base_weights,
                             ratios=self.ratios, seeds=self.seeds,
                             replicate_perturbed=self.replicate_perturbed, train=self.train,
-                            executor=self.executor, ddo=self.ddo)
+                            executor=self.executor, ddo=self._ddo_settings())
         sweep.origin = self.origin
         return sweep
 
@@ -139,6 +165,8 @@ class CheckedPipeline:
     """PredictGuards, max_epochs ceilings included."""
     data_paths: Any
     formats: List[str]
+    plans: Dict[float, List[ProxyRun]] = field(default_factory=dict)
+    """Each budget's proxy runs; under proxy_schedule wsd linked into families."""
 
 
 def check_pipeline(config: PipelineConfig) -> CheckedPipeline:
@@ -151,8 +179,13 @@ def check_pipeline(config: PipelineConfig) -> CheckedPipeline:
     in_the_way = output_dir_problem(config.output_dir)
     if in_the_way:
         problems.add("output_dir", in_the_way)
+    plans = {}
     for budget in sorted(config.budgets):
-        problems.attempt(None, check_sweep, config.sweep(budget), check_output=not in_the_way)
+        checked = problems.attempt(None, check_sweep, config.sweep(budget), check_output=not in_the_way)
+        if checked is not None:
+            plans[budget] = checked.runs
+    if config.proxy_schedule == "wsd" and len(plans) == len(config.budgets):
+        problems.attempt("proxy_schedule", link_wsd_family, plans)
     manifest = problems.attempt(None, load_manifest, config.manifest)
     guards = paths = None
     if manifest is not None:
@@ -161,7 +194,7 @@ def check_pipeline(config: PipelineConfig) -> CheckedPipeline:
             guards = problems.attempt(None, _guards, config, manifest, domains)
             paths = problems.attempt(None, _check_exports, config, domains)
     problems.raise_if_any(config.origin)
-    return CheckedPipeline(guards, paths, export_section(config.export)["formats"])
+    return CheckedPipeline(guards, paths, export_section(config.export)["formats"], plans)
 
 
 def _guards(config: PipelineConfig, manifest, domains: List[str]):
@@ -215,11 +248,14 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
     checked = check_pipeline(config)
     out = Path(config.output_dir)
     with _locked(out):
-        sweeps = []
-        for index, budget in enumerate(sorted(config.budgets), start=1):
-            logger.info("DDO sweep %d of %d: %s tokens per base run", index, len(config.budgets),
-                        human_tokens(budget))
-            sweeps.append(run_sweep(config.sweep(budget)))
+        results = {}
+        # WSD: the largest budget first, its runs are the parents the others branch from.
+        order = sorted(config.budgets, reverse=config.proxy_schedule == "wsd")
+        for index, budget in enumerate(order, start=1):
+            logger.info("DDO sweep %d of %d: %s tokens per base run (%s)", index, len(order),
+                        human_tokens(budget), config.proxy_schedule)
+            results[budget] = run_sweep(config.sweep(budget), runs=checked.plans[budget])
+        sweeps = [results[budget] for budget in sorted(config.budgets)]
         logger.info("predicting the mixture at the target budget, writing exports and the report")
         prediction, mixture = _predict(config, sweeps, checked.guards)
         backtest = _backtest(config, sweeps, checked.guards)
@@ -300,7 +336,7 @@ def pipeline_summary(config: PipelineConfig, sweeps, mixture) -> Dict[str, Any]:
     return {
         "schema": SUMMARY_SCHEMA,
         "budgets": budgets,
-        "proxy_schedule": proxy_schedule(config),
+        "proxy_schedule": config.proxy_schedule,
         "proxy_runs": sum(len(s.runs) for s in sweeps),
         "proxy_tokens_trained": sum(run.tokens_trained for s in sweeps for run in s.runs),
         "target_tokens": mixture.total_tokens,
@@ -312,10 +348,6 @@ def pipeline_summary(config: PipelineConfig, sweeps, mixture) -> Dict[str, Any]:
 
 def mixture_file(mixture) -> str:
     return f"mixture_{human_tokens(mixture.total_tokens)}.json"
-
-
-def proxy_schedule(config: PipelineConfig) -> str:
-    return config.train.get("lr_schedule", "cosine") if isinstance(config.train, dict) else "cosine"
 
 
 def guard_settings(config: PipelineConfig, manifest=None) -> Dict[str, Any]:

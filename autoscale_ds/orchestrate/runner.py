@@ -13,19 +13,20 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List
+from typing import Any, List, Optional
 
 from ..atomic import file_sha256
-from ..method.ddo import DDOOptions
 from ..errors import InputError
 from ..formats.schemas import Mixture, runs_from_dict, save_mixture
+from ..lock import DirectoryLock
+from ..method.ddo import DDOOptions
 from ..method.steps import DEFAULT_SENSITIVITY_DRAWS, ddo_step
 from .executors import make_executor
-from ..lock import DirectoryLock
 from .runs_store import RunsStore, existing_result
 from .settings import ConfigProblems, Problems, output_dir_problem
 from .settings import ddo_options as _ddo_options_of
 from .sweep import ProxyRun, SweepConfig, plan_sweep
+from .wsd import with_parent_or_from_scratch
 
 logger = logging.getLogger(__name__)
 
@@ -92,14 +93,17 @@ def lock_output_dir(out: Path) -> DirectoryLock:
                          f"({exc.strerror or exc}); choose another output_dir") from None
 
 
-def run_sweep(config: SweepConfig, executor=None) -> SweepResult:
+def run_sweep(config: SweepConfig, executor=None, runs: Optional[List[ProxyRun]] = None) -> SweepResult:
+    """Run what is missing of the sweep's plan (or of ``runs``, a plan the caller adjusted:
+    the pipeline's WSD families), then solve."""
     checked = check_sweep(config)
     out = Path(config.output_dir)
     from ..train.distributed import is_main_process
 
     lock = lock_output_dir(out) if is_main_process() else None
     try:
-        return _run_locked(config, out, executor or checked.executor, checked.runs)
+        return _run_locked(config, out, executor or checked.executor,
+                           checked.runs if runs is None else runs)
     finally:
         if lock is not None:
             lock.release()
@@ -107,7 +111,7 @@ def run_sweep(config: SweepConfig, executor=None) -> SweepResult:
 
 def _run_locked(config: SweepConfig, out: Path, executor, runs: List[ProxyRun]) -> SweepResult:
     store = RunsStore(out / RUNS_FILE, [r.run_id for r in runs])
-    pending = _pending(runs, store, config.retry_failed)
+    pending = [with_parent_or_from_scratch(run) for run in _pending(runs, store, config.retry_failed)]
     logger.info("sweep %s: %d runs planned, %d to train", out, len(runs), len(pending))
     executor.execute(pending, _recorder(store, out, len(pending)))
     mixture, pinned = _solve(config, out, store, runs)

@@ -216,6 +216,7 @@ _DDO_CHECKS: Dict[str, Callable] = {
     "base_run": _optional(text),
     "allow_incomplete": boolean,
     "allow_mixed_eval": boolean,
+    "token_tolerance": lambda p, w, v: positive_number(p, w, v, minimum=0.0, inclusive=True),
     "noise_sigma": _optional(positive_number),
     "sensitivity_draws": _draws,
     "noise_aware": boolean,

@@ -18,6 +18,7 @@ from ..atomic import atomic_write_text
 from ..formats.manifest import load_manifest
 from ..errors import InputError
 from ..train.config import TrainConfig
+from ..train.plan import plan_samples
 from ..yaml_config import load_yaml_config
 from .settings import (ConfigProblems, Problems, boolean, ddo_section, is_number, is_whole, mapping,
                        one_line, text, text_list, token_count, unknown_keys)
@@ -138,6 +139,8 @@ class ProxyRun:
 
     @property
     def key(self) -> str:
+        """The run's identity in a runs file: its training config's fingerprint, which leaves
+        out how it is computed (a WSD branch, or the same run from scratch)."""
         return self.config.fingerprint()
 
     @property
@@ -146,8 +149,13 @@ class ProxyRun:
 
     @property
     def tokens_trained(self) -> int:
-        """Tokens this run itself trains (its whole budget: it starts from scratch)."""
-        return int(sum(self.config.tokens_per_domain.values()))
+        """Tokens this run trains itself: its optimizer steps (whole samples, whole steps, as
+        the trainer plans them), less the parent's steps for a branch."""
+        config = self.config
+        steps = plan_samples(config.tokens_per_domain, config.seq_len,
+                             config.global_batch_size).total_steps
+        start = int(config.branch_from["step"]) if config.branch_from else 0
+        return (steps - start) * config.global_batch_size * config.seq_len
 
     @property
     def config_path(self) -> Path:

@@ -144,7 +144,12 @@ class TrainConfig:
         """Hash of everything that changes what the run computes (not where it writes)."""
         import hashlib
 
-        payload = {k: v for k, v in self.to_dict().items() if k not in ("output_dir", "progress")}
+        # Not hashed either: how the result is computed. A WSD branch started from its
+        # parent's checkpoint trains the same steps on the same samples as the run alone, and
+        # the checkpoints a run keeps for its branches do not change its weights; so a branch
+        # whose parent checkpoint is gone, recomputed from scratch, is still the same run.
+        payload = {k: v for k, v in self.to_dict().items()
+                   if k not in ("output_dir", "progress", "branch_from", "keep_checkpoints_at_steps")}
         # zero_stage was `0` before it could be left unset: hashing unset as 0 keeps the keys
         # of runs already recorded in a sweep, so a restarted sweep does not retrain them.
         payload["zero_stage"] = 0 if self.zero_stage is None else self.zero_stage
@@ -160,8 +165,7 @@ class TrainConfig:
 
 
 _LATER_FIELD_DEFAULTS = {"warmup_steps": None, "lr_schedule": "cosine", "decay_fraction": 0.2,
-                         "decay_shape": "linear", "keep_checkpoints_at_steps": [],
-                         "branch_from": None}
+                         "decay_shape": "linear"}
 
 # Fields whose only rule is their type; the others get a rule of their own below.
 _STRING_FIELDS = ("manifest", "output_dir", "run_id")
