@@ -3,7 +3,6 @@ budget, and every smaller budget is a decay branch; under a constant schedule a 
 files are those of independent runs, budget by budget."""
 
 import json
-import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -21,18 +20,12 @@ pytest.importorskip("deepspeed")
 
 pytestmark = pytest.mark.slow
 
+from test_orchestrate import _env  # noqa: E402  (the worker environment of the sweep tests)
+
 ROOT = Path(__file__).resolve().parents[2]
 DOMAINS = ["code", "docstrings"]
 TRAIN = {"model_size": "tiny", "seq_len": 32, "micro_batch_size": 8, "global_batch_size": 8,
          "eval_samples_per_domain": 4, "learning_rate": 3e-3}
-
-
-def _env():
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
-    return env
 
 
 def _settings(prepared, out: Path, budgets, **changes) -> dict:
