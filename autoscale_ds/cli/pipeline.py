@@ -9,7 +9,8 @@ from .predict import predict_table
 _PIPELINE_EXAMPLE = """example (AUTOSCALE.yaml):
   manifest: prepared/manifest.yaml
   output_dir: autoscale_out
-  budgets: [500000, 1500000]       # DDO at two (or more) small budgets
+  budgets: [500000, 1000000]       # DDO at two (or more) small budgets
+  proxy_schedule: cosine           # or wsd: each mixture trained once, smaller budgets branch
   target_tokens: 10000000          # or steps: 1 (the paper's next scale)
   seeds: [0, 1]
   train: {model_size: tiny, seq_len: 128, micro_batch_size: 8, global_batch_size: 16}
