@@ -240,7 +240,7 @@ def _edf_stream(numerators: np.ndarray, out_dom: np.ndarray, out_idx: np.ndarray
         out_dom[:] = active[0]
         out_idx[:] = np.arange(n)
         return
-    kernel = compiled_kernel()
+    kernel = compiled_kernel() if n >= KERNEL_MIN_SAMPLES else None
     if kernel is not None:
         kernel.edf_stream(numerators[active], out_dom, out_idx, workers)
     else:
@@ -250,6 +250,9 @@ def _edf_stream(numerators: np.ndarray, out_dom: np.ndarray, out_idx: np.ndarray
 
 
 _KERNEL = {}  # "module": the compiled kernel, or None where it cannot run; looked up once
+# Loading the kernel costs 0.6-2 s per process (numba's import and its cache); the numpy
+# engine plans a stream this short in less, so short streams (proxy runs, tests) never pay it.
+KERNEL_MIN_SAMPLES = 1 << 20
 
 
 def compiled_kernel():

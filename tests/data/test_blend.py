@@ -66,6 +66,8 @@ def use_engine(monkeypatch, engine: str) -> None:
         monkeypatch.setitem(edf_engine._KERNEL, "module", None)
     elif edf_engine.compiled_kernel() is None:
         pytest.skip("numba is not installed: no compiled kernel")
+    else:
+        monkeypatch.setattr(edf_engine, "KERNEL_MIN_SAMPLES", 0)  # short test streams too
 
 
 ENGINES = ["kernel", "numpy"]
@@ -198,6 +200,7 @@ def test_without_numba_the_numpy_engine_plans_and_says_so():
     # numba unimportable, as on an install without the `fast` extra
     code = ("import logging, sys; sys.modules['numba'] = None; "
             "logging.basicConfig(level=logging.INFO, format='%(message)s'); "
+            "from autoscale_ds.data import _edf; _edf.KERNEL_MIN_SAMPLES = 0; "
             "from autoscale_ds.data.blend import blend_indices; "
             "d, i = blend_indices([0.5, 0.3, 0.2], 1000); "
             "print(d[:12].tolist(), int(d.sum()))")
@@ -215,12 +218,21 @@ def test_a_kernel_that_fails_to_build_falls_back_to_numpy(monkeypatch, caplog):
 
     monkeypatch.setattr(kernel, "warm_up", broken)
     monkeypatch.setattr(edf_engine, "_KERNEL", {})  # looked up again, once
+    monkeypatch.setattr(edf_engine, "KERNEL_MIN_SAMPLES", 0)
     with caplog.at_level(logging.INFO, logger="autoscale_ds.data._edf"):
         domain, _ = blend_indices([0.5, 0.3, 0.2], 500)
         blend_indices([0.5, 0.5], 10)
     assert np.array_equal(domain, reference_edf([0.5, 0.3, 0.2], 500)[0])
     said = [r.getMessage() for r in caplog.records]
     assert len(said) == 1 and "no LLVM here" in said[0] and "numpy engine" in said[0]
+
+
+def test_a_short_stream_never_loads_the_kernel():
+    # a proxy run's few thousand samples: the numpy engine plans them faster than numba loads
+    code = ("import sys; from autoscale_ds.data.blend import blend_indices; "
+            "blend_indices([0.5, 0.3, 0.2], 5000); print('numba' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_a_longer_stream_extends_a_shorter_one():
