@@ -23,7 +23,7 @@ from .runner import check_sweep, lock_output_dir, run_sweep
 from .settings import (ConfigProblems, Problems, export_section, guard_problems, is_number,
                        output_dir_problem, predict_section, quiet, token_count)
 from ..train.config import TrainConfig
-from .sweep import ProxyRun, SweepConfig, check_common_settings
+from .sweep import ProxyRun, SweepConfig, base_run_id, check_common_settings
 from .wsd import PROXY_SCHEDULES, link_wsd_family
 
 logger = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ class PipelineConfig:
             return self.ddo
         seq_len = self.train.get("seq_len", TrainConfig.seq_len) if isinstance(self.train, dict) else None
         seeds = self.seeds if isinstance(self.seeds, list) and self.seeds else [0]
-        return {"token_tolerance": seq_len, "base_run": f"base-s{seeds[0]}", **self.ddo}
+        return {"token_tolerance": seq_len, "base_run": base_run_id(seeds[0]), **self.ddo}
 
     def _noise_given(self) -> bool:
         return isinstance(self.ddo, dict) and self.ddo.get("noise_sigma") is not None

@@ -152,10 +152,15 @@ class ProxyRun:
         """Tokens this run trains itself: its optimizer steps (whole samples, whole steps, as
         the trainer plans them), less the parent's steps for a branch."""
         config = self.config
-        steps = plan_samples(config.tokens_per_domain, config.seq_len,
-                             config.global_batch_size).total_steps
         start = int(config.branch_from["step"]) if config.branch_from else 0
-        return (steps - start) * config.global_batch_size * config.seq_len
+        return (self.total_steps - start) * config.global_batch_size * config.seq_len
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of the run's whole budget, as the trainer plans them."""
+        config = self.config
+        return plan_samples(config.tokens_per_domain, config.seq_len,
+                            config.global_batch_size).total_steps
 
     @property
     def config_path(self) -> Path:
@@ -204,7 +209,7 @@ def plan_sweep(config: SweepConfig) -> List[ProxyRun]:
     """
     seq_len, batch = sequence_and_batch(config.train)
     base = whole_step_samples(base_tokens(config), seq_len, batch)
-    runs = [_proxy(config, f"base-s{seed}", samples_to_tokens(base, seq_len), seed)
+    runs = [_proxy(config, base_run_id(seed), samples_to_tokens(base, seq_len), seed)
             for seed in config.seeds]
     for domain in base:
         for ratio in config.perturbation_ratios():
@@ -214,6 +219,10 @@ def plan_sweep(config: SweepConfig) -> List[ProxyRun]:
                 runs.append(_proxy(config, f"{domain}-x{ratio:.4g}{suffix}",
                                    samples_to_tokens(samples, seq_len), seed))
     return runs
+
+
+def base_run_id(seed: int) -> str:
+    return f"base-s{seed}"
 
 
 def sequence_and_batch(train: Dict[str, Any]) -> Tuple[int, int]:

@@ -22,7 +22,7 @@ from typing import Dict, List
 from ..errors import InputError
 from ..train.branch import checkpoint_tag, read_branch_point
 from ..train.config import TrainConfig
-from ..train.plan import plan_samples, plan_schedule
+from ..train.plan import plan_schedule
 from .sweep import ProxyRun
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def link_wsd_family(plans: Dict[float, List[ProxyRun]]) -> None:
             if parent is None:
                 raise InputError(f"run {run.run_id} at {budget:g} tokens has no run of the same "
                                  f"mixture at the largest budget {largest:g} to branch from")
-            step = _schedule(run.config).stable_until
+            step = _schedule(run).stable_until
             run.config = replace(run.config, branch_from={
                 "checkpoint_dir": str(parent.output_dir / "checkpoints"), "step": step})
             branch_points[run.run_id].append(step)
@@ -78,24 +78,21 @@ def shared_warmup_steps(smallest_budget_runs: List[ProxyRun]) -> int:
     """One warmup for a whole family, so every step before a branch point trains at the same
     learning rate in the parent and in the branch: ``warmup_steps`` when the train settings
     give it, else ``warmup_fraction`` of the smallest budget's shortest run."""
-    configs = [run.config for run in smallest_budget_runs]
-    if configs[0].warmup_steps is not None:
-        return int(configs[0].warmup_steps)
-    shortest = min(_total_steps(c, c.tokens_per_domain) for c in configs)
-    return max(1, round(configs[0].warmup_fraction * shortest))
+    first = smallest_budget_runs[0].config
+    if first.warmup_steps is not None:
+        return int(first.warmup_steps)
+    shortest = min(run.total_steps for run in smallest_budget_runs)
+    return max(1, round(first.warmup_fraction * shortest))
 
 
 def _wsd(config: TrainConfig, tokens: Dict[str, float], warmup_steps: int) -> TrainConfig:
     return replace(config, tokens_per_domain=tokens, lr_schedule="wsd", warmup_steps=warmup_steps)
 
 
-def _total_steps(config: TrainConfig, tokens: Dict[str, float]) -> int:
-    return plan_samples(tokens, config.seq_len, config.global_batch_size).total_steps
-
-
-def _schedule(config: TrainConfig):
+def _schedule(run: ProxyRun):
     """The trainer's own schedule of this run (so the branch point is its decay start)."""
-    return plan_schedule(config.lr_schedule, _total_steps(config, config.tokens_per_domain),
+    config = run.config
+    return plan_schedule(config.lr_schedule, run.total_steps,
                          config.learning_rate, config.learning_rate * config.min_lr_ratio,
                          config.warmup_fraction, config.warmup_steps, config.decay_fraction,
                          config.decay_shape)
