@@ -45,6 +45,8 @@ setup(
         # A compiled loop for the blend index (data/_edf_kernel.py); without it the numpy
         # engine plans the same stream, more slowly.
         "fast": ["numba>=0.59"],
+        # RegMix's regressor as in the paper (method/regmix.py); without it a ridge is fitted.
+        "regmix": ["lightgbm>=4"],
         "dev": [
             "pytest>=7.0", "hypothesis>=6.0", "megatron-core>=0.9",
             "sentencepiece>=0.2", "tokenizers>=0.15", "pyarrow>=12",
@@ -55,6 +57,8 @@ setup(
             "triton>=3.0",
             # The `fast` extra: the blend index's kernel is tested against the numpy engine.
             "numba>=0.59",
+            # The `regmix` extra: the LightGBM regressor is tested next to the ridge.
+            "lightgbm>=4",
         ],
     },
     entry_points={"console_scripts": ["autoscale=autoscale_ds.cli:main"]},
