@@ -11,7 +11,7 @@ import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..atomic import atomic_write_text
 from ..errors import InputError
@@ -19,7 +19,9 @@ from ..formats.schemas import save_mixture
 from ..tables import human_tokens
 from ..yaml_config import load_yaml_config
 from .outputs import REPORT_FILE, publish, staging_dir
-from .runner import check_sweep, lock_output_dir, run_sweep
+from .executors import sigterm_as_interrupt
+from .runner import (StartedSweep, SweepResult, check_sweep, finish_sweep,
+                     lock_output_dir, start_sweep)
 from .settings import (ConfigProblems, Problems, export_section, guard_problems, is_number,
                        output_dir_problem, predict_section, quiet, token_count)
 from ..train.config import TrainConfig
@@ -248,13 +250,7 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
     checked = check_pipeline(config)
     out = Path(config.output_dir)
     with _locked(out):
-        results = {}
-        # WSD: the largest budget first, its runs are the parents the others branch from.
-        order = sorted(config.budgets, reverse=config.proxy_schedule == "wsd")
-        for index, budget in enumerate(order, start=1):
-            logger.info("DDO sweep %d of %d: %s tokens per base run (%s)", index, len(order),
-                        human_tokens(budget), config.proxy_schedule)
-            results[budget] = run_sweep(config.sweep(budget), runs=checked.plans[budget])
+        results = _run_sweeps(config, checked)
         sweeps = [results[budget] for budget in sorted(config.budgets)]
         logger.info("predicting the mixture at the target budget, writing exports and the report")
         prediction, mixture = _predict(config, sweeps, checked.guards)
@@ -262,6 +258,35 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
         mixture_path, exports, report_path = _write_outputs(config, checked, out, sweeps,
                                                             prediction, mixture, backtest)
     return PipelineResult(sweeps, prediction, mixture_path, report_path, exports, backtest)
+
+
+def _run_sweeps(config: PipelineConfig, checked: CheckedPipeline) -> Dict[float, SweepResult]:
+    """Every budget's sweep. WSD: the largest budget first, its runs are the parents the
+    others branch from. An executor that queues its runs (SLURM) gets every sweep submitted
+    before the first wait, so each WSD branch waits for its own parent's job only; the
+    others train one sweep after the other."""
+    order = sorted(config.budgets, reverse=config.proxy_schedule == "wsd")
+    results: Dict[float, SweepResult] = {}
+    queued: List[Tuple[float, StartedSweep]] = []
+    try:
+        with sigterm_as_interrupt():
+            for index, budget in enumerate(order, start=1):
+                logger.info("DDO sweep %d of %d: %s tokens per base run (%s)", index, len(order),
+                            human_tokens(budget), config.proxy_schedule)
+                started = start_sweep(config.sweep(budget), runs=checked.plans[budget])
+                if started.submission is None:
+                    results[budget] = finish_sweep(started)
+                else:
+                    queued.append((budget, started))
+            while queued:
+                budget, started = queued[0]
+                results[budget] = finish_sweep(started)
+                queued.pop(0)
+    except BaseException:
+        for _, started in queued:  # submitted, not yet (or not fully) waited for
+            started.abandon()
+        raise
+    return results
 
 
 @contextmanager

@@ -96,28 +96,90 @@ def lock_output_dir(out: Path) -> DirectoryLock:
 def run_sweep(config: SweepConfig, executor=None, runs: Optional[List[ProxyRun]] = None) -> SweepResult:
     """Run what is missing of the sweep's plan (or of ``runs``, a plan the caller adjusted:
     the pipeline's WSD families), then solve."""
+    return finish_sweep(start_sweep(config, executor, runs))
+
+
+@dataclass
+class StartedSweep:
+    """A sweep whose output directory is locked and whose missing runs are handed to the
+    executor: submitted already (an executor with ``submit``, SLURM), or to be trained by
+    ``finish_sweep``."""
+
+    config: SweepConfig
+    out: Path
+    executor: Any
+    runs: List[ProxyRun]
+    store: RunsStore
+    pending: List[ProxyRun]
+    record: Any
+    lock: Optional[DirectoryLock]
+    submission: Any = None
+
+    def abandon(self) -> None:
+        """Interrupted before ``finish_sweep``: cancel what was submitted, free the lock."""
+        try:
+            if self.submission is not None:
+                self.submission.cancel()
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+
+def start_sweep(config: SweepConfig, executor=None, runs: Optional[List[ProxyRun]] = None) -> StartedSweep:
+    """Check, lock, record what ended earlier, and submit the missing runs where the executor
+    queues them (SLURM): the pipeline starts every budget's sweep before waiting on any, so
+    a WSD branch can wait for its own parent run, not for the parent's whole sweep."""
     checked = check_sweep(config)
     out = Path(config.output_dir)
+    executor = executor or checked.executor
+    runs = checked.runs if runs is None else runs
     from ..train.distributed import is_main_process
 
     lock = lock_output_dir(out) if is_main_process() else None
+    started = None
     try:
-        return _run_locked(config, out, executor or checked.executor,
-                           checked.runs if runs is None else runs)
-    finally:
+        store = RunsStore(out / RUNS_FILE, [r.run_id for r in runs])
+        pending = [_parent_or_scratch(executor, run)
+                   for run in _pending(runs, store, config.retry_failed)]
+        logger.info("sweep %s: %d runs planned, %d to train", out, len(runs), len(pending))
+        started = StartedSweep(config, out, executor, runs, store, pending,
+                               _recorder(store, out, len(pending)), lock)
+        if hasattr(executor, "submit"):
+            started.submission = executor.submit(pending, started.record)
+        return started
+    except BaseException:
         if lock is not None:
             lock.release()
+        raise
 
 
-def _run_locked(config: SweepConfig, out: Path, executor, runs: List[ProxyRun]) -> SweepResult:
-    store = RunsStore(out / RUNS_FILE, [r.run_id for r in runs])
-    pending = [with_parent_or_from_scratch(run) for run in _pending(runs, store, config.retry_failed)]
-    logger.info("sweep %s: %d runs planned, %d to train", out, len(runs), len(pending))
-    executor.execute(pending, _recorder(store, out, len(pending)))
-    mixture, pinned = _solve(config, out, store, runs)
-    failed = [r["id"] for r in store.failed()]
-    return SweepResult(mixture, out / MIXTURE_FILE, out / RUNS_FILE,
-                       [r.run_id for r in pending], failed, pinned, list(runs))
+def finish_sweep(started: StartedSweep) -> SweepResult:
+    """Wait for (or train) the sweep's missing runs, then solve and write its mixture."""
+    try:
+        if started.submission is not None:
+            started.executor.wait(started.submission)
+        else:
+            started.executor.execute(started.pending, started.record)
+        mixture, pinned = _solve(started.config, started.out, started.store, started.runs)
+    finally:
+        started.release()
+    failed = [r["id"] for r in started.store.failed()]
+    return SweepResult(mixture, started.out / MIXTURE_FILE, started.out / RUNS_FILE,
+                       [r.run_id for r in started.pending], failed, pinned, list(started.runs))
+
+
+def _parent_or_scratch(executor, run: ProxyRun) -> ProxyRun:
+    """A WSD branch keeps its parent when the parent checkpoint is there, or when the
+    executor can make the branch wait for the parent's queued job (SLURM ``--dependency``);
+    otherwise it is trained from scratch."""
+    waits_for_parent = getattr(executor, "parent_task", None)
+    if run.config.branch_from and waits_for_parent is not None and waits_for_parent(run):
+        return run
+    return with_parent_or_from_scratch(run)
 
 
 def _recorder(store: RunsStore, out: Path, total: int):

@@ -7,6 +7,13 @@ ends: its own ``result.json`` if it wrote one, else a failure row with the task'
 code and log tail. ``squeue`` suffices (a minimal cluster has no accounting database);
 ``sacct`` is asked only about tasks ``squeue`` has already forgotten.
 
+WSD branches: the pipeline submits every budget's sweep before waiting on any. A branch
+whose parent run is still queued or running in the parent sweep's array (its active-job
+file names each task's run) is submitted as its own job with ``--dependency=afterany:`` on
+that one task, so it starts as soon as its parent ends, not after the parent's whole sweep.
+If the parent left no checkpoint (it failed, or was cancelled), the branch ends without a
+result and is submitted again, trained from scratch: recomputed, never skipped.
+
 Restart safety: the tasks are written to ``<sweep>/slurm/active_job`` before waiting. A
 restarted orchestrator (after SIGKILL) adopts that job's live tasks whose config is still
 wanted, cancels its other live tasks, and submits only the runs no live task covers; runs
@@ -18,7 +25,6 @@ import logging
 import os
 import re
 import shlex
-import signal
 import sys
 import time
 from contextlib import contextmanager
@@ -28,11 +34,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..atomic import atomic_write_json, atomic_write_text
 from ..errors import EXIT_RUN_FAILED, InputError
+from .executors import sigterm_as_interrupt
 from .runs_store import existing_result, failure_row
 from .slurm_client import job_of_script, require_slurm, sacct_state, sbatch, scancel, squeue
 from .slurm_render import (checked_settings, common_problems, environment_exports,
                            render_template, sbatch_lines)
 from .sweep import ProxyRun
+from .wsd import with_parent_or_from_scratch
 
 logger = logging.getLogger(__name__)
 
@@ -82,20 +90,46 @@ class SlurmExecutor:
         self.settings = checked_settings(SlurmSettings, settings, "executor slurm")
 
     def execute(self, runs: Sequence[ProxyRun], record: Record) -> None:
+        self.wait(self.submit(runs, record))
+
+    def submit(self, runs: Sequence[ProxyRun], record: Record) -> Optional["Submission"]:
+        """Adopt the live tasks of an earlier orchestrator, submit the rest; ``wait`` records
+        them. A WSD branch whose parent run is still queued or running (see ``parent_task``)
+        is its own job, ``--dependency=afterany`` on the parent's task."""
         if not runs:
-            return
+            return None
         require_slurm()
         slurm_dir = _slurm_dir(runs)
-        watch: Dict[Task, ProxyRun] = {}
-        with _cancel_on_interrupt(watch, slurm_dir):
-            watch.update(self._adopt(slurm_dir, runs))
-            adopted = {run.key for run in watch.values()}
+        submission = Submission(slurm_dir, {}, record)
+        with _cancel_on_interrupt(submission.watch, slurm_dir):
+            submission.watch.update(self._adopt(slurm_dir, runs))
+            adopted = {run.key for run in submission.watch.values()}
             fresh = [run for run in runs if run.key not in adopted]
             if fresh:
-                watch.update(self._submit(slurm_dir, fresh, watch))
-            _save_active(slurm_dir, watch)
-            self._wait(slurm_dir, watch, record)
-        (slurm_dir / ACTIVE_JOB).unlink(missing_ok=True)
+                self._submit(slurm_dir, fresh, submission.watch)
+            _save_active(slurm_dir, submission.watch)
+        return submission
+
+    def wait(self, submission: Optional["Submission"]) -> None:
+        if submission is None:
+            return
+        with _cancel_on_interrupt(submission.watch, submission.slurm_dir):
+            self._wait(submission)
+        (submission.slurm_dir / ACTIVE_JOB).unlink(missing_ok=True)
+
+    def parent_task(self, run: ProxyRun) -> Optional[str]:
+        """``<job>_<index>`` of the live array task that trains this WSD branch's parent run
+        (from the parent sweep's active-job file), or None: no parent, or it has ended."""
+        branch = run.config.branch_from
+        if not branch:
+            return None
+        parent_dir = Path(branch["checkpoint_dir"]).resolve().parent
+        tasks = _active_outputs(_slurm_dir_of(parent_dir))
+        for (job_id, index), output_dir in tasks.items():
+            if Path(output_dir).resolve() == parent_dir:
+                state = (squeue(job_id) or {}).get(index)
+                return f"{job_id}_{index}" if state is not None and state not in _ENDED else None
+        return None
 
     def _adopt(self, slurm_dir: Path, runs: Sequence[ProxyRun]) -> Dict[Task, ProxyRun]:
         """Live tasks of an earlier orchestrator's arrays that train a run still wanted."""
@@ -117,20 +151,38 @@ class SlurmExecutor:
                     scancel(f"{job_id}_{index}")
         return adopted
 
-    def _submit(self, slurm_dir: Path, runs: Sequence[ProxyRun], adopted) -> Dict[Task, ProxyRun]:
+    def _submit(self, slurm_dir: Path, runs: Sequence[ProxyRun], watch: Dict[Task, ProxyRun]) -> None:
+        """One array for the runs that can start now, one job per branch that waits for its
+        parent; ``watch`` gains every task as it is submitted."""
+        waiting = {run.key: self.parent_task(run) for run in runs}
+        ready = [run for run in runs if not waiting[run.key]]
+        if ready:
+            watch.update(self._submit_array(slurm_dir, ready, watch))
+        for run in runs:
+            if waiting[run.key]:
+                watch.update(self._submit_array(slurm_dir, [run], watch,
+                                                dependency=f"afterany:{waiting[run.key]}"))
+
+    def _submit_array(self, slurm_dir: Path, runs: Sequence[ProxyRun], watch: Dict[Task, ProxyRun],
+                      dependency: Optional[str] = None) -> Dict[Task, ProxyRun]:
         number = 1 + max((int(p.stem.rsplit("_", 1)[1]) for p in slurm_dir.glob("proxy_array_*.sbatch")),
                          default=-1)
         runs_list = slurm_dir / f"runs_{number}.txt"
         atomic_write_text(runs_list, "".join(f"{run.write_config().resolve()}\n" for run in runs))
         script = slurm_dir / f"proxy_array_{number}.sbatch"
-        atomic_write_text(script, self.render(slurm_dir, runs_list, len(runs)))
+        atomic_write_text(script, self.render(slurm_dir, runs_list, len(runs), dependency))
         # Killed while sbatch runs? The restarted orchestrator finds the job by its script.
-        _save_active(slurm_dir, adopted, submitting=(script, runs))
+        _save_active(slurm_dir, watch, submitting=(script, runs))
         job_id = sbatch(script)
-        logger.info("submitted %d proxy runs as SLURM array job %s (%s)", len(runs), job_id, script)
-        return {(job_id, index): run for index, run in enumerate(runs)}
+        after = f" after {dependency.split(':', 1)[1]}" if dependency else ""
+        logger.info("submitted %d proxy run(s) as SLURM array job %s%s (%s)", len(runs), job_id,
+                    after, script)
+        submitted = {(job_id, index): run for index, run in enumerate(runs)}
+        _save_active(slurm_dir, {**watch, **submitted})
+        return submitted
 
-    def render(self, slurm_dir: Path, runs_list: Path, count: int) -> str:
+    def render(self, slurm_dir: Path, runs_list: Path, count: int,
+               dependency: Optional[str] = None) -> str:
         s = self.settings
         log_dir, status_dir = slurm_dir / "logs", slurm_dir / "status"
         if re.search(r"\s", str(log_dir)):
@@ -139,15 +191,17 @@ class SlurmExecutor:
         log_dir.mkdir(parents=True, exist_ok=True)
         status_dir.mkdir(parents=True, exist_ok=True)
         throttle = f"%{s.max_concurrent}" if s.max_concurrent else ""
+        extra = [*s.extra_sbatch, *([f"--dependency={dependency}"] if dependency else [])]
         return render_template("proxy_array.sbatch", {
             "job_name": s.job_name, "array": f"0-{count - 1}{throttle}", "cpus_per_run": s.cpus_per_run,
             "log_dir": log_dir, "gpus_per_run": s.gpus_per_run,
-            "sbatch_options": sbatch_lines(s.partition, s.time, s.gpus_per_run, s.mem, s.extra_sbatch),
+            "sbatch_options": sbatch_lines(s.partition, s.time, s.gpus_per_run, s.mem, extra),
             "runs_list": shlex.quote(str(runs_list)), "status_dir": shlex.quote(str(status_dir)),
             "python": shlex.quote(s.python), "environment": environment_exports(s.python, s.env)},
             s.template)
 
-    def _wait(self, slurm_dir: Path, watch: Dict[Task, ProxyRun], record: Record) -> None:
+    def _wait(self, submission: "Submission") -> None:
+        slurm_dir, watch = submission.slurm_dir, submission.watch
         ended: Dict[Task, Tuple[float, Optional[str]]] = {}  # ended, result not visible yet
         while watch:
             for job_id in sorted({job for job, _ in watch}):
@@ -164,14 +218,45 @@ class SlurmExecutor:
                             and time.monotonic() - since < _RESULT_GRACE_S:
                         continue
                     run = watch.pop(task)
-                    record(run, row or _failure(slurm_dir, task, run, state))
+                    if row is None and self._retrain_from_scratch(run):
+                        self._submit(slurm_dir, [run], watch)
+                        _save_active(slurm_dir, watch)
+                        continue
+                    submission.record(run, row or _failure(slurm_dir, task, run, state))
             if watch:
                 time.sleep(self.settings.poll_seconds)
 
+    @staticmethod
+    def _retrain_from_scratch(run: ProxyRun) -> bool:
+        """A branch that ended without a result because its parent left no checkpoint (the
+        parent failed or was cancelled) is trained again from scratch, never skipped."""
+        if not run.config.branch_from:
+            return False
+        return with_parent_or_from_scratch(run).config.branch_from is None
+
+
+@dataclass
+class Submission:
+    """The tasks one ``submit`` handed to SLURM, until ``wait`` has recorded them all."""
+    slurm_dir: Path
+    watch: Dict[Task, ProxyRun]
+    record: Record
+
+    def cancel(self) -> None:
+        for job_id in sorted({job for job, _ in self.watch}):
+            scancel(job_id)
+        (self.slurm_dir / ACTIVE_JOB).unlink(missing_ok=True)
+
+
 def _slurm_dir(runs: Sequence[ProxyRun]) -> Path:
-    # plan_sweep puts run outputs at <sweep>/runs/<id>; the array's files go to <sweep>/slurm.
     parents = {run.output_dir.resolve().parent for run in runs}
     parent = parents.pop() if len(parents) == 1 else Path(os.path.commonpath(list(parents)))
+    return _slurm_dir_of(parent / "run")
+
+
+def _slurm_dir_of(run_output_dir: Path) -> Path:
+    # plan_sweep puts run outputs at <sweep>/runs/<id>; the array's files go to <sweep>/slurm.
+    parent = run_output_dir.parent
     return (parent.parent if parent.name == "runs" else parent) / "slurm"
 
 # --- task outcomes and the active-job file ----------------------------------------------------
@@ -216,11 +301,24 @@ def _load_active(slurm_dir: Path) -> Dict[str, Dict[int, str]]:
         raise InputError(f"{path} is damaged ({exc}); cancel that sweep's SLURM jobs and remove it") from None
 
 
+def _active_outputs(slurm_dir: Path) -> Dict[Task, str]:
+    """{(job id, array index): run output dir} of the tasks in a sweep's active-job file
+    (what a WSD branch's sweep reads to find its parent's task); {} when there is none."""
+    try:
+        payload = json.loads((slurm_dir / ACTIVE_JOB).read_text(encoding="utf-8"))
+        return {(str(job), int(i)): str(out) for job, tasks in payload.get("outputs", {}).items()
+                for i, out in tasks.items()}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}  # no parent task to wait for: the branch falls back to the checkpoint rule
+
+
 def _save_active(slurm_dir: Path, watch: Dict[Task, ProxyRun], submitting=None) -> None:
     jobs: Dict[str, Dict[str, str]] = {}
+    outputs: Dict[str, Dict[str, str]] = {}
     for (job_id, index), run in sorted(watch.items()):
         jobs.setdefault(job_id, {})[str(index)] = run.key
-    payload: dict = {"jobs": jobs}
+        outputs.setdefault(job_id, {})[str(index)] = str(run.output_dir.resolve())
+    payload: dict = {"jobs": jobs, "outputs": outputs}
     if submitting:
         script, runs = submitting
         payload["submitting"] = {"script": str(script), "tasks": {str(i): r.key for i, r in enumerate(runs)}}
@@ -230,23 +328,13 @@ def _save_active(slurm_dir: Path, watch: Dict[Task, ProxyRun], submitting=None) 
 @contextmanager
 def _cancel_on_interrupt(watch: Dict[Task, ProxyRun], slurm_dir: Path):
     """Ctrl-C or SIGTERM: cancel the arrays (else they train on for nobody), then re-raise."""
-    def on_term(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = None
-    try:
-        previous = signal.signal(signal.SIGTERM, on_term)
-    except ValueError:  # not the main thread: only Ctrl-C reaches us
-        pass
-    try:
-        yield
-    except KeyboardInterrupt:
-        jobs = sorted({job for job, _ in watch})
-        logger.warning("interrupted: cancelling SLURM job(s) %s", ", ".join(jobs) or "(none)")
-        for job_id in jobs:
-            scancel(job_id)
-        (slurm_dir / ACTIVE_JOB).unlink(missing_ok=True)
-        raise
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+    with sigterm_as_interrupt():
+        try:
+            yield
+        except KeyboardInterrupt:
+            jobs = sorted({job for job, _ in watch})
+            logger.warning("interrupted: cancelling SLURM job(s) %s", ", ".join(jobs) or "(none)")
+            for job_id in jobs:
+                scancel(job_id)
+            (slurm_dir / ACTIVE_JOB).unlink(missing_ok=True)
+            raise

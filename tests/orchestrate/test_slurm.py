@@ -490,3 +490,79 @@ def test_pretrain_job_runs_both_modes_on_the_cluster(slurm_cluster, prepared, tm
     assert seen["blend"] == blend.read_text().split() and len(seen["blend"]) == 6
     assert (seen["RANK"], seen["WORLD_SIZE"], seen["LOCAL_RANK"]) == ("0", "1", "0")
     assert "pretrain: megatron on 1 node(s) x 1 process(es)" in logs["megatron"]
+
+
+# --- WSD branches: each waits for its own parent's task (--dependency) ----------------------
+
+def _wsd_pipeline(prepared, out: Path, executor: dict, **changes):
+    from autoscale_ds.orchestrate.pipeline import PipelineConfig
+
+    settings = {"manifest": str(prepared.root / "manifest.yaml"), "output_dir": str(out),
+                "budgets": [3072, 6144], "target_tokens": 50_000, "domains": ["code", "docstrings"],
+                "seeds": [0], "train": TRAIN, "executor": executor, "proxy_schedule": "wsd",
+                "ddo": {"sensitivity_draws": 10, "noise_sigma": 0.02}, "export": {"formats": []}}
+    settings.update(changes)
+    return PipelineConfig(**settings)
+
+
+def _dependency(script: Path):
+    found = re.findall(r"^#SBATCH --dependency=afterany:(\d+)_(\d+)$", script.read_text(), re.M)
+    return (found[0][0], int(found[0][1])) if found else None
+
+
+def test_wsd_branches_are_submitted_at_once_and_wait_for_their_own_parent(slurm_cluster, prepared, tmp_path):
+    from autoscale_ds.orchestrate.pipeline import run_pipeline
+
+    out = tmp_path / "wsd"
+    run_pipeline(_wsd_pipeline(prepared, out, _executor(slurm_cluster)))
+    parents_dir, branches_dir = out / "ddo_6.14K", out / "ddo_3.07K"
+    parent_configs = (parents_dir / "slurm" / "runs_0.txt").read_text().split()
+    parent_job = {log.stem.split("_")[0] for log in (parents_dir / "slurm" / "logs").glob("*.log")}
+    assert len(parent_job) == 1 and len(parent_configs) == 5
+    branch_scripts = sorted((branches_dir / "slurm").glob("proxy_array_*.sbatch"))
+    assert len(branch_scripts) == 5  # one job per branch, each with its own dependency
+    for script in branch_scripts:
+        number = script.stem.rsplit("_", 1)[1]
+        [config] = (branches_dir / "slurm" / f"runs_{number}.txt").read_text().split()
+        run_id = Path(config).parent.name
+        job, index = _dependency(script)
+        assert job in parent_job and Path(parent_configs[index]).parent.name == run_id
+        # submitted while its parent still trained, not after the parents' whole sweep
+        parent_result = parents_dir / "runs" / run_id / "result.json"
+        assert script.stat().st_mtime < parent_result.stat().st_mtime
+        row = json.loads((branches_dir / "runs" / run_id / "result.json").read_text())["runs"][0]
+        assert row["status"] == "ok" and row["branch_from"]["step"] > 0
+    rows = json.loads((branches_dir / "runs.json").read_text())["runs"]
+    assert len(rows) == 5 and {r["status"] for r in rows} == {"ok"}
+    assert json.loads((out / "summary.json").read_text())["proxy_schedule"] == "wsd"
+
+
+def test_a_branch_whose_parent_is_cancelled_is_trained_from_scratch(slurm_cluster, prepared, tmp_path):
+    from autoscale_ds.orchestrate.pipeline import check_pipeline
+
+    config = _wsd_pipeline(prepared, tmp_path / "wsd", _executor(slurm_cluster))
+    plans = check_pipeline(config).plans
+    parent, branch = plans[6144][0], plans[3072][0]
+    assert branch.config.branch_from and branch.run_id == parent.run_id
+    recorded = {}
+
+    def record(run, row):
+        recorded[run.output_dir.parent.parent.name] = row
+
+    held = SlurmExecutor(**{k: v for k, v in _executor(slurm_cluster, extra_sbatch=["--hold"]).items()
+                            if k != "kind"})
+    parent_submission = held.submit([parent], record)
+    executor = SlurmExecutor(**{k: v for k, v in _executor(slurm_cluster).items() if k != "kind"})
+    branch_submission = executor.submit([branch], record)
+    [(parent_job, _)] = parent_submission.watch
+    first = tmp_path / "wsd" / "ddo_3.07K" / "slurm" / "proxy_array_0.sbatch"
+    assert _dependency(first) == (parent_job, 0)
+    subprocess.run(["scancel", parent_job], check=True)  # the parent never trains
+    executor.wait(branch_submission)
+    held.wait(parent_submission)
+    assert recorded["ddo_6.14K"]["status"] == "failed" and "CANCELLED" in recorded["ddo_6.14K"]["reason"]
+    row = recorded["ddo_3.07K"]
+    assert row["status"] == "ok" and branch.config.branch_from is None
+    assert not row.get("branch_from")  # trained from step 0, the same WSD schedule
+    second = first.with_name("proxy_array_1.sbatch")
+    assert second.exists() and _dependency(second) is None
