@@ -16,7 +16,7 @@ PURE_MODULES = [
     "autoscale_ds.method.fit", "autoscale_ds.method.solve", "autoscale_ds.method.ddo",
     "autoscale_ds.method.ddo_table", "autoscale_ds.method.predict", "autoscale_ds.method.sensitivity",
     "autoscale_ds.method.shrinkage", "autoscale_ds.method.noise_aware",
-    "autoscale_ds.method.backtest", "autoscale_ds.method.steps",
+    "autoscale_ds.method.backtest", "autoscale_ds.method.steps", "autoscale_ds.method.doremi",
     "autoscale_ds.method.baselines", "autoscale_ds.method.regmix",
     "autoscale_ds.formats.schemas", "autoscale_ds.formats.manifest", "autoscale_ds.formats.datapaths",
     "autoscale_ds.formats.export", "autoscale_ds.formats.export.writers",

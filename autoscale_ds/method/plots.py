@@ -115,3 +115,26 @@ def _draw_interval(axis, mixture: Mixture, domain: str, color: str) -> None:
     entry = mixture.provenance.get("sensitivity", {}).get("weights", {}).get(domain)
     if isinstance(entry, dict) and "lo" in entry and "hi" in entry:
         axis.vlines(mixture.total_tokens, entry["lo"], entry["hi"], color=color, alpha=0.5)
+
+
+def plot_doremi_trajectory(trajectory, path: Path, title: str = "DoReMi domain weights") -> Path:
+    """DoReMi's weights against the update step, one colour per domain: the weights after
+    each update (solid) and their running average (dashed; its last value is the output).
+    ``trajectory``: a ``doremi_weights.jsonl`` path or ``read_trajectory``'s (steps, weights)."""
+    from .doremi import read_trajectory, running_average
+
+    steps, weights = read_trajectory(trajectory) if isinstance(trajectory, (str, Path)) else trajectory
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(6.4, 3.8))
+    averages = running_average(weights)
+    for index, (domain, values) in enumerate(weights.items()):
+        color = f"C{index % 10}"
+        axis.plot(steps, values, color=color, linewidth=1.2, label=domain)
+        axis.plot(steps, averages[domain], color=color, linestyle="--", linewidth=1.2,
+                  label=f"{domain} (average {averages[domain][-1]:.3f})" if len(values) else domain)
+    axis.set_xlabel("update step")
+    axis.set_ylabel("domain weight")
+    axis.set_ylim(0, 1)
+    axis.set_title(title)
+    axis.legend(fontsize=7, ncol=2, loc="center right")
+    return save_figure(figure, path)

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..errors import InputError
+from ..method.doremi import settings_problems as doremi_problems
+from ..method.doremi import with_defaults as doremi_with_defaults
 from ..yaml_config import load_yaml_config
 from .plan import DECAY_SHAPES, LR_SCHEDULES
 from .presets import check_model_choice
@@ -79,6 +81,14 @@ class TrainConfig:
     `<output_dir>/checkpoints`, kept there by its `keep_checkpoints_at_steps`, read only) and
     train on to this run's own budget with its own decay. The parent must be the same run
     config up to the budget and schedule, with the same mixture proportions."""
+    doremi: Optional[Dict[str, Any]] = None
+    """{reference_checkpoint_dir: PATH, step_size: 1.0, smoothing: 0.001}: train this run as a
+    DoReMi proxy (Xie et al. 2023): every step compares its per-token losses with those of the
+    frozen reference model saved in PATH (the reference run's `<output_dir>/checkpoints`, same
+    model_family, model_size and seq_len), updates the domain weights by online Group DRO and
+    samples the next step's batch with them. `tokens_per_domain` is the total budget split by
+    the initial (base) weights. Writes `<output_dir>/doremi_weights.jsonl` and the averaged
+    weights into result.json (`doremi.average_weights`). See train/doremi.py."""
     max_epochs: Optional[float] = None
     """Cap on passes over a domain's tokens; an over-request is an error."""
     divergence_factor: float = 3.0
@@ -94,6 +104,8 @@ class TrainConfig:
         if problems:
             # One line: the CLI prints it as a single `train: error:` line.
             raise InputError("invalid training config: " + "; ".join(problems))
+        if self.doremi is not None:  # defaults spelt out: both spellings are one run
+            self.doremi = doremi_with_defaults(self.doremi)
 
     def _problems(self) -> List[str]:
         """Every problem at once; type checks come first so no rule below ever meets a value
@@ -165,7 +177,7 @@ class TrainConfig:
 
 
 _LATER_FIELD_DEFAULTS = {"warmup_steps": None, "lr_schedule": "cosine", "decay_fraction": 0.2,
-                         "decay_shape": "linear"}
+                         "decay_shape": "linear", "doremi": None}
 
 # Fields whose only rule is their type; the others get a rule of their own below.
 _STRING_FIELDS = ("manifest", "output_dir", "run_id")
@@ -215,6 +227,11 @@ def _schedule_problems(config: "TrainConfig") -> List[str]:
                         f"> 0), got {steps!r}")
     if config.branch_from is not None:
         problems += _branch_problems(config.branch_from)
+    if config.doremi is not None:
+        problems += doremi_problems(config.doremi)
+        if config.branch_from is not None:  # a branch reads its parent's fixed stream
+            problems.append("doremi and branch_from cannot be combined: a DoReMi run's "
+                            "stream follows its own weights")
     return problems
 
 

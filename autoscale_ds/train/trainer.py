@@ -4,7 +4,9 @@ One run: budget per domain -> whole samples -> a blended, rank-sharded stream ->
 model in a DeepSpeed engine -> warmup + cosine / wsd / constant schedule -> per-domain loss
 tracking -> periodic eval and checkpoints -> one row of ``autoscale.runs/v1`` in ``result.json``.
 A NaN/inf or diverging loss ends the run as ``status: failed`` with the reason. A WSD branch
-(``branch_from``) starts from its parent's checkpoint instead of step 0 (see ``branch.py``).
+(``branch_from``) starts from its parent's checkpoint instead of step 0 (see ``branch.py``). A
+DoReMi proxy (``doremi``) re-weights its stream every step against a reference model (see
+``doremi.py``).
 """
 
 import json
@@ -31,6 +33,7 @@ from .branch import (BranchPoint, check_branch, checkpoint_tag, in_parent_order,
 from .config import TrainConfig
 from .distributed import barrier, ensure_launcher_env, is_main_process, rank, world_size
 from .domain_loss import per_domain_cross_entropy, reduce_across_ranks
+from .doremi import DoReMiRun, DoReMiStream
 from .evaluate import build_eval_set, evaluate
 from .models import build_model, causal_batch, count_parameters, masked_batch
 from .plan import BatchTriple, LRSchedule, SamplePlan, derive_batch_triple, plan_samples, plan_schedule
@@ -174,7 +177,10 @@ class Trainer:
         self.eval_seconds = 0.0
         self.eval_set_entry: Optional[dict] = None
         weights = self.branch_point.stream_weights() if self.branch_point else None
-        self.stream = TrainStream(self.sources, self.plan, self.triple, rank(), weights)
+        self.stream = TrainStream(self.sources, self.plan, self.triple, rank(), weights) \
+            if not config.doremi else DoReMiStream(self.sources, self.plan, self.triple, rank())
+        self.doremi = DoReMiRun(config.doremi, self.plan, self.stream, self.output_dir) \
+            if config.doremi else None
         # A branch reads its parent's stream, so its per-domain counts are the stream's.
         samples = {d: t // config.seq_len for d, t in
                    self.stream.tokens_consumed(self.plan.total_steps).items()} \
@@ -245,6 +251,9 @@ class Trainer:
             config=build_ds_config(self.config, self.triple, on_gpu))
         self.engine = engine
         self.warmup_steps = lrs.warmup_steps
+        if self.doremi:
+            self.doremi.load_reference(self.config.model_family, self.config.model_size,
+                                       self.vocab_size, self.config.seq_len, engine.device)
 
     def _checkpoint_dir(self) -> Path:
         return self.output_dir / "checkpoints"
@@ -294,6 +303,8 @@ class Trainer:
     def _restore_state(self, client) -> None:
         self.state = RunState(**client["run_state"])
         torch.set_rng_state(client["torch_rng"])
+        if self.doremi:
+            self.doremi.load_state_dict(client.get("doremi"))
 
     def _start_branch(self) -> None:
         """Model, optimizer, RNG and run state of the parent at the branch point (its
@@ -327,9 +338,13 @@ class Trainer:
         tag = checkpoint_tag(self.state.step)
         client = {"fingerprint": self.config.fingerprint(), "lineage": lineage_fingerprint(self.config),
                   "run_state": vars(self.state).copy(), "torch_rng": torch.get_rng_state()}
+        if self.doremi:
+            client["doremi"] = self.doremi.state_dict()
         self.engine.save_checkpoint(str(self._checkpoint_dir()), tag=tag, client_state=client)
         barrier()
         if is_main_process():
+            if self.doremi:
+                self.doremi.commit()
             write_branch_point(self._checkpoint_dir() / tag, self._branch_point())
             self._prune_checkpoints()
 
@@ -351,6 +366,8 @@ class Trainer:
         device = self.engine.device
         logits = self.engine(input_ids=inputs.to(device)).logits
         result = per_domain_cross_entropy(logits, labels.to(device), domain_ids.to(device), len(self.plan.domains))
+        if self.doremi:
+            self.doremi.add_micro_batch(inputs.to(device), logits, labels.to(device), domain_ids.to(device))
         self.engine.backward(result.loss)
         self.engine.step()
         return result
@@ -411,6 +428,8 @@ class Trainer:
         started = time.time()
         self._build_engine()
         self._resume()
+        if self.doremi:
+            self.doremi.start_trajectory(is_main_process())
         eval_set = build_eval_set(self.manifest, self.plan.domains, self.config.seq_len,
                                   self.config.eval_seed, self.config.eval_tokens_per_domain,
                                   self.config.eval_samples_per_domain)
@@ -423,6 +442,9 @@ class Trainer:
         except RunFailed as failure:
             status, reason = "failed", str(failure)
             logger.error("run %s failed: %s", self.config.run_id, reason)
+        finally:
+            if self.doremi:
+                self.doremi.close()
         row = self._result_row(status, reason, final_eval, time.time() - started)
         if is_main_process():
             atomic_write_json(self.output_dir / "result.json",
@@ -435,6 +457,8 @@ class Trainer:
             while self.state.step < self.plan.total_steps:
                 step_loss = self._train_step()
                 self._check_health(step_loss)
+                if self.doremi:  # the weights of the next step, from this step's losses
+                    self.doremi.end_step()
                 self.state.step_losses.append(step_loss)
                 self.state.step += 1
                 bar.update(1)
@@ -462,6 +486,11 @@ class Trainer:
                "step_losses": self.state.step_losses, "evals": self.state.evals}
         if self.config.branch_from:
             row["branch_from"] = dict(self.config.branch_from)
+        if self.doremi:
+            row["doremi"] = self.doremi.result_entry()
+            # the stream followed the weights, not the plan: epochs from what was read
+            row["epochs"] = {s.name: consumed[s.name] / self.config.seq_len / s.samples_per_epoch
+                             for s in self.sources}
         if reason:
             row["reason"] = reason
             row["failure_kind"] = "training"  # deterministic: rerunning would fail the same way

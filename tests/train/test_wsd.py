@@ -86,7 +86,7 @@ def test_new_settings_are_validated_together():
 def test_existing_configs_keep_their_fingerprint():
     config = TrainConfig(manifest="m", output_dir="o", tokens_per_domain={"a": 100}, seed=3)
     later = ("warmup_steps", "lr_schedule", "decay_fraction", "decay_shape",
-             "keep_checkpoints_at_steps", "branch_from")
+             "keep_checkpoints_at_steps", "branch_from", "doremi")
     payload = {k: v for k, v in asdict(config).items()
                if k not in ("output_dir", "progress") + later}
     payload["zero_stage"] = 0
