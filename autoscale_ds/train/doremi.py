@@ -124,9 +124,10 @@ def reference_tag_dir(checkpoint_dir: str) -> Path:
                          f"there ({latest} does not exist); train the reference run first and "
                          "point at its <output_dir>/checkpoints")
     tag_dir = directory / latest.read_text(encoding="utf-8").strip()
-    if not (tag_dir / _MODEL_STATES).is_file():
+    if not _model_states_files(tag_dir):
         raise InputError(f"doremi.reference_checkpoint_dir {directory}: its latest checkpoint "
-                         f"{tag_dir} has no {_MODEL_STATES}; rerun the reference run")
+                         f"{tag_dir} has no model states (*{_MODEL_STATES}); rerun the "
+                         "reference run")
     if not (directory.parent / "result.json").is_file():  # our trainer writes it at the end
         logger.warning("DoReMi reference %s: no result.json next to it, so the reference run "
                        "may not have finished; using its checkpoint %s", directory, tag_dir.name)
@@ -150,18 +151,24 @@ def load_reference_model(tag_dir: Path, family: str, size: str, vocab_size: int,
     return model
 
 
-def _reference_state_dict(tag_dir: Path) -> dict:
-    try:
-        saved = torch.load(tag_dir / _MODEL_STATES, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch's zip/pickle errors have no common base class
-        raise InputError(f"DoReMi reference checkpoint {tag_dir / _MODEL_STATES} is unreadable "
-                         f"({type(exc).__name__}: {exc}); rerun the reference run") from None
-    state = saved.get("module") or {}
-    if any(t.numel() == 0 for t in state.values()) or not state:
-        # ZeRO-3 keeps only placeholders there; the shards hold the weights.
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+def _model_states_files(tag_dir: Path) -> List[Path]:
+    """ZeRO 0-2 write ``mp_rank_00_model_states.pt``, ZeRO-3 one ``zero_pp_rank_R_...`` per rank."""
+    return sorted(tag_dir.glob(f"*{_MODEL_STATES}")) if tag_dir.is_dir() else []
 
-        state = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+
+def _reference_state_dict(tag_dir: Path) -> dict:
+    path = _model_states_files(tag_dir)[0]
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        state = saved.get("module") or {}
+        if not state or any(t.numel() == 0 for t in state.values()):
+            # ZeRO-3: the model states hold placeholders, the optimizer shards the weights
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+            state = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+    except Exception as exc:  # torch's zip/pickle errors have no common base class
+        raise InputError(f"DoReMi reference checkpoint {tag_dir} is unreadable "
+                         f"({type(exc).__name__}: {exc}); rerun the reference run") from None
     return state
 
 
