@@ -1,5 +1,5 @@
 """The ``autoscale`` command line: the parser and the entry point. Each sub-command is a
-module of this package (prepare, pipeline, ddo-run, ddo, predict, export, plot).
+module of this package (prepare, pipeline, ddo-run, ddo, predict, export, plot, mix).
 
 Tables for people go to stdout; files carry the machine-readable result. Every problem
 with user input exits with code 2 and a single ``autoscale: error: ...`` line.
@@ -48,10 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _register_all(commands, formatter) -> None:
-    from . import ddo, export, pipeline, plot, predict, prepare
+    from . import ddo, export, mix, pipeline, plot, predict, prepare
 
     for register in (prepare.register, pipeline.register_pipeline, pipeline.register_ddo_run,
-                     ddo.register, predict.register, export.register, plot.register):
+                     ddo.register, predict.register, export.register, plot.register, mix.register):
         register(commands, formatter)
 
 
