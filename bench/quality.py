@@ -12,6 +12,16 @@ several seeds, with validation every few steps:
   autoscale-unheld  the prediction that extrapolates domains DDO kept at base (--unheld, only
                  when the prediction held some: it shows what the hold changed)
   ddo@<target>   DDO run directly at the target budget (--direct-ddo; 2m+1 target-size runs)
+  temperature    weights ∝ tokens^(1/τ), τ = 2 (closed form, no proxy)
+  unimax         UniMax (Chung et al. 2023): uniform, each domain capped at one epoch
+  doremi         DoReMi (Xie et al. 2023): a reference run on uniform weights, then a Group
+                 DRO proxy run, both at the largest proxy budget; its averaged weights
+  regmix         RegMix (Liu et al. 2024): 16 proxy runs on Dirichlet mixtures at the smallest
+                 proxy budget, a regression (LightGBM, or ridge), the top-100 search
+
+--arms picks them (default: all but unimax, the unheld and the direct arms); autoscale is
+always one, as every other arm is compared with it. Each arm's proxy compute (tokens its
+method trained before the target run) is reported next to its result.
 
 A comparison only counts if it is measured honestly (DESIGN.md, "Measuring a mixture"), so
 it prints, and writes to quality.json:
@@ -47,7 +57,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 logger = logging.getLogger("quality")
 
@@ -55,6 +65,13 @@ DEMO_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "demo_pipeli
 CONFIDENCE = 0.90  # of the paired difference's t-interval
 # --quick: the demo's corpus and model at about half its budgets and a fifth of its target,
 # 4 domains, 2 seeds.
+# Arms: the pipeline's own (ddo: the largest proxy budget's DDO mixture reused), then the
+# other methods, run by `autoscale mix` on the same corpus, model and executor.
+PIPELINE_ARMS = ("uniform", "tokens", "ddo", "autoscale", "autoscale-plain")
+METHOD_ARMS = ("temperature", "unimax", "doremi", "regmix")
+KNOWN_ARMS = PIPELINE_ARMS + METHOD_ARMS
+DEFAULT_ARMS = PIPELINE_ARMS + ("temperature", "doremi", "regmix")
+REGMIX_RUNS = 16  # proxy runs at the smallest budget (the paper: 512 tiny models; CPU-sized)
 QUICK_OVERRIDES = {"budgets": [40_000, 80_000], "target_tokens": 320_000,
                    "domains": ["fiction", "dictionary", "code", "chat"]}
 
@@ -72,8 +89,26 @@ def _parse_args():
                         "e.g. the prediction of another pipeline config on the same corpus")
     parser.add_argument("--unheld", action="store_true",
                         help="also train the prediction that extrapolates domains DDO kept at base")
+    parser.add_argument("--arms", default=",".join(DEFAULT_ARMS),
+                        help=f"comma-separated arms, of {', '.join(KNOWN_ARMS)} (default: %(default)s)")
     parser.add_argument("--out", default="bench_results/quality", help="runs, curves and results")
-    return parser.parse_args()
+    args = parser.parse_args()
+    args.arms = chosen_arms(args.arms)
+    return args
+
+
+def chosen_arms(spec: str) -> List[str]:
+    """The ``--arms`` list, checked: known names, autoscale among them (every comparison is
+    with it), no repeats."""
+    arms = [a.strip() for a in spec.split(",") if a.strip()]
+    unknown = [a for a in arms if a not in KNOWN_ARMS]
+    if unknown:
+        raise SystemExit(f"quality benchmark: --arms: unknown arm(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(KNOWN_ARMS)}")
+    if "autoscale" not in arms:
+        raise SystemExit("quality benchmark: --arms must include autoscale: every other arm is "
+                         "compared with it")
+    return list(dict.fromkeys(arms))
 
 
 def pipeline_config(args, out: Path):
@@ -101,9 +136,10 @@ def _builtin_manifest(out_dir: Path) -> str:
     return str(manifest.root / "manifest.yaml")
 
 
-def arm_weights(config, direct_ddo: bool, unheld: bool = False):
-    """The weights of every arm, from the (resumed) pipeline and the manifest, the target
-    budget in tokens, and the pipeline's backtest record (None below three budgets)."""
+def arm_weights(config, direct_ddo: bool, unheld: bool = False, chosen=PIPELINE_ARMS):
+    """The weights of the ``chosen`` pipeline arms, from the (resumed) pipeline and the
+    manifest, the target budget in tokens, and the pipeline's backtest record (None below
+    three budgets)."""
     from autoscale_ds.formats.manifest import load_manifest
     from autoscale_ds.formats.schemas import load_mixture
     from autoscale_ds.orchestrate.pipeline import mixture_domains, run_pipeline
@@ -116,11 +152,13 @@ def arm_weights(config, direct_ddo: bool, unheld: bool = False):
     result = run_pipeline(config)
     largest = result.sweeps[-1].mixture
     predicted = load_mixture(result.mixture_path)
-    arms = {"uniform": named_weights("uniform", domains, manifest),
-            "tokens": named_weights("tokens", domains, manifest),
-            f"ddo@{human_tokens(largest.total_tokens)}": dict(largest.weights),
-            "autoscale": dict(predicted.weights),
-            "autoscale-plain": _plain_prediction(config, result)}
+    makers = {"uniform": lambda: named_weights("uniform", domains, manifest),
+              "tokens": lambda: named_weights("tokens", domains, manifest),
+              "ddo": lambda: dict(largest.weights),
+              "autoscale": lambda: dict(predicted.weights),
+              "autoscale-plain": lambda: _plain_prediction(config, result)}
+    names = {"ddo": f"ddo@{human_tokens(largest.total_tokens)}"}
+    arms = {names.get(arm, arm): makers[arm]() for arm in PIPELINE_ARMS if arm in chosen}
     unheld_weights = _unheld_prediction(config, result) if unheld else None
     if unheld_weights is not None:  # what extrapolating the unmeasured trends would have trained
         arms["autoscale-unheld"] = unheld_weights
@@ -128,6 +166,64 @@ def arm_weights(config, direct_ddo: bool, unheld: bool = False):
         direct = run_sweep(config.sweep(predicted.total_tokens)).mixture
         arms[f"ddo@{human_tokens(direct.total_tokens)}"] = dict(direct.weights)
     return arms, predicted.total_tokens, result.backtest
+
+
+def method_arms(config, methods: List[str], out: Path) -> Tuple[Dict[str, Dict[str, float]], Dict[str, int]]:
+    """The weights of the other methods' arms (``autoscale mix`` on the pipeline's corpus,
+    domains, proxy model and executor; resumed like the pipeline) and their proxy tokens."""
+    from autoscale_ds.formats.manifest import load_manifest
+    from autoscale_ds.orchestrate.mix import mix_config_from, run_mix
+    from autoscale_ds.orchestrate.pipeline import mixture_domains
+
+    domains = mixture_domains(config, load_manifest(config.manifest))
+    weights, proxy_tokens = {}, {}
+    for method in methods:
+        settings = mix_settings(config, method, domains, out / "mix" / method)
+        logger.info("arm %s: autoscale mix --method %s in %s", method, method, settings["output_dir"])
+        result = run_mix(mix_config_from(settings, f"quality benchmark arm {method}"))
+        weights[method] = {d: result.mixture.weights[d] for d in domains}
+        proxy_tokens[method] = result.proxy_tokens_trained
+    return weights, proxy_tokens
+
+
+def mix_settings(config, method: str, domains: List[str], work_dir: Path) -> dict:
+    """The `autoscale mix` settings of one method arm. Proxy sizes follow the pipeline's
+    budgets so the methods spend compute of the same order: DoReMi's reference and proxy
+    runs at the largest budget, RegMix's runs at the smallest."""
+    budgets = sorted(config.budgets)
+    settings = {"manifest": config.manifest, "method": method, "domains": list(domains),
+                "out": str(work_dir / "mixture.json"), "output_dir": str(work_dir),
+                "target_tokens": config.target_tokens, "train": dict(config.train),
+                "executor": dict(config.executor)}
+    if method == "doremi":
+        settings["doremi"] = {"proxy_tokens": budgets[-1]}
+    elif method == "regmix":
+        settings["regmix"] = {"proxy_tokens": budgets[0], "runs": REGMIX_RUNS}
+    elif method == "unimax":
+        settings["max_epochs"] = 1
+    return settings
+
+
+def proxy_tokens_of(config, arms: Dict[str, Dict[str, float]], known: Dict[str, Optional[int]]):
+    """Tokens each arm's method trained in proxies before its target run: ``known`` (the
+    mix runs', the --arm files'), 0 for closed-form weights, else the pipeline's (its
+    summary.json) for the DDO/AutoScale arms."""
+    pipeline = _summary_tokens(Path(config.output_dir) / "summary.json")
+    return {arm: known[arm] if arm in known else 0 if arm in ("uniform", "tokens") else pipeline
+            for arm in arms}
+
+
+def file_proxy_tokens(mixture_path: str) -> Optional[int]:
+    """The proxy tokens behind a mixture file: its own provenance (``autoscale mix``), or the
+    pipeline summary.json next to it; None when neither says."""
+    provenance = json.loads(Path(mixture_path).read_text()).get("provenance") or {}
+    if "proxy_tokens_trained" in provenance:
+        return provenance["proxy_tokens_trained"]
+    return _summary_tokens(Path(mixture_path).parent / "summary.json")
+
+
+def _summary_tokens(path: Path) -> Optional[int]:
+    return json.loads(path.read_text()).get("proxy_tokens_trained") if path.exists() else None
 
 
 def extra_arms(specs: List[str], domains: List[str], existing) -> Dict[str, Dict[str, float]]:
@@ -393,14 +489,22 @@ def print_report(results: dict) -> None:
         print(f"({arm} trains exactly the tokens of {twin}: its runs are {twin}'s)")
     print(f"\nFinal validation perplexity at the target budget (seeds {seeds}; mean ± sample std)")
     relative_std = results["noise"]["seed_relative_std"]
+    proxy = results.get("proxy_tokens", {})
     print(markdown_table(
-        ["arm", "average", "seed std", *domains],
-        [[_marked(s["arm"], results), _mean_std(s), percent(relative_std[s["arm"]]),
-          *[f"{s['per_domain'][d]:.2f}" for d in domains]] for s in summary]))
+        ["arm", "proxy tokens", "average", "seed std", *domains],
+        [[_marked(s["arm"], results), _tokens(proxy.get(s["arm"])), _mean_std(s),
+          percent(relative_std[s["arm"]]), *[f"{s['per_domain'][d]:.2f}" for d in domains]]
+         for s in summary]))
     _print_epochs(results)
     _print_paired(results)
     _print_noise(results)
     _print_backtest(results.get("backtest"))
+
+
+def _tokens(count: Optional[int]) -> str:
+    from autoscale_ds.tables import human_tokens
+
+    return "n/a" if count is None else ("0" if count == 0 else human_tokens(count))
 
 
 def _marked(arm: str, results: dict) -> str:
@@ -511,8 +615,10 @@ def main() -> int:
     out = Path(args.out)
     config = pipeline_config(args, out)
     seeds = list(range(args.seeds or (2 if args.quick else 3)))
-    weights, target_tokens, backtest = arm_weights(config, args.direct_ddo, args.unheld)
-    weights.update(extra_arms(args.arm, list(weights["uniform"]), weights))
+    weights, target_tokens, backtest = arm_weights(config, args.direct_ddo, args.unheld, args.arms)
+    methods, method_tokens = method_arms(config, [a for a in args.arms if a in METHOD_ARMS], out)
+    weights.update(methods)
+    weights.update(extra_arms(args.arm, list(weights["autoscale"]), weights))
     rows = train_arms(config, weights, target_tokens, seeds, out, args.evals)
     from autoscale_ds.atomic import atomic_write_json
     from autoscale_ds.formats.manifest import load_manifest
@@ -527,6 +633,13 @@ def main() -> int:
     except InputError as exc:  # e.g. runs measured on different eval sets
         raise SystemExit(f"quality benchmark: {exc}") from None
     results["backtest"] = backtest
+    method_tokens.update({spec.partition("=")[0]: file_proxy_tokens(spec.partition("=")[2])
+                          for spec in args.arm})
+    if args.direct_ddo:  # its own sweep at the target: not counted here
+        from autoscale_ds.tables import human_tokens
+
+        method_tokens[f"ddo@{human_tokens(target_tokens)}"] = None
+    results["proxy_tokens"] = proxy_tokens_of(config, weights, method_tokens)
     results["identical_arms"] = identical_arms(planned_tokens(config, weights, target_tokens))
     print_report(results)
     atomic_write_json(out / "quality.json", results)

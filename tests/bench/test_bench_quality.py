@@ -2,6 +2,7 @@
 set, noise) by hand on made-up rows, and end to end at a tiny size: every arm trains over
 seeds, the figures and the plot are written, and a rerun reuses the finished runs."""
 
+import argparse
 import json
 import math
 import os
@@ -155,7 +156,8 @@ def _run(config: Path, out: Path) -> subprocess.CompletedProcess:
     env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
     env["MPLBACKEND"] = "Agg"
     return subprocess.run([sys.executable, str(ROOT / "bench" / "quality.py"), "--config", str(config),
-                           "--seeds", "2", "--evals", "3", "--direct-ddo", "--unheld", "--out", str(out)],
+                           "--seeds", "2", "--evals", "3", "--direct-ddo", "--unheld", "--out", str(out),
+                           "--arms", "uniform,tokens,ddo,autoscale,autoscale-plain,temperature"],
                           env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -179,7 +181,14 @@ def test_quality_benchmark_trains_every_arm_and_reports_speedups(prepared, tmp_p
                for r in predicted["provenance"]["report"].values())
     # The unheld arm exists exactly when the prediction held a domain.
     assert arms == ["uniform", "tokens", "ddo@6.14K", "autoscale", "autoscale-plain",
-                    *(["autoscale-unheld"] if held else []), "ddo@12.3K"]
+                    *(["autoscale-unheld"] if held else []), "ddo@12.3K", "temperature"]
+    # Proxy compute next to each result: the pipeline's for its arms, none for closed forms.
+    pipeline_tokens = json.loads((tmp_path / "pipeline" / "summary.json").read_text())["proxy_tokens_trained"]
+    assert pipeline_tokens > 0 and results["proxy_tokens"]["autoscale"] == pipeline_tokens
+    assert results["proxy_tokens"]["temperature"] == 0 and results["proxy_tokens"]["ddo@12.3K"] is None
+    temperature = json.loads((out / "mix" / "temperature" / "mixture.json").read_text())
+    assert temperature["method"] == "temperature"
+    assert results["weights"]["temperature"] == pytest.approx(temperature["weights"])
     assert results["weights"]["autoscale"] == pytest.approx(predicted["weights"])
     assert set(results["speedup"]) == set(arms) - {"autoscale"}
     for summary in results["summary"]:
@@ -251,3 +260,32 @@ def test_a_mixture_file_can_be_added_as_an_arm(tmp_path):
             quality.extra_arms([spec], ["a", "b"], {"uniform": {}})
     with pytest.raises(SystemExit, match="domains"):
         quality.extra_arms([f"x={tmp_path / 'm.json'}"], ["a", "c"], {})
+
+
+def test_arms_are_checked_and_autoscale_is_always_one():
+    quality = _load_quality()
+    assert quality.chosen_arms("uniform, autoscale,regmix,uniform") == ["uniform", "autoscale", "regmix"]
+    with pytest.raises(SystemExit, match="unknown arm.*foo"):
+        quality.chosen_arms("autoscale,foo")
+    with pytest.raises(SystemExit, match="must include autoscale"):
+        quality.chosen_arms("uniform,regmix")
+
+
+def test_method_arms_get_proxies_sized_by_the_pipelines_budgets(tmp_path):
+    from autoscale_ds.orchestrate.mix import mix_config_from
+
+    quality = _load_quality()
+    config = argparse.Namespace(manifest=str(tmp_path / "manifest.yaml"), budgets=[40_000, 160_000, 80_000],
+                                target_tokens=1_500_000, train={"model_size": "tiny", "seq_len": 64},
+                                executor={"kind": "local", "workers": 2}, output_dir=str(tmp_path / "p"))
+    doremi = quality.mix_settings(config, "doremi", ["a", "b"], tmp_path / "mix" / "doremi")
+    regmix = quality.mix_settings(config, "regmix", ["a", "b"], tmp_path / "mix" / "regmix")
+    assert doremi["doremi"] == {"proxy_tokens": 160_000}
+    assert regmix["regmix"] == {"proxy_tokens": 40_000, "runs": quality.REGMIX_RUNS}
+    for settings in (doremi, regmix):  # valid `autoscale mix` settings
+        assert mix_config_from(settings).target_tokens == 1_500_000
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "summary.json").write_text(json.dumps({"proxy_tokens_trained": 123}))
+    tokens = quality.proxy_tokens_of(config, {"uniform": {}, "autoscale": {}, "ddo@160K": {}, "regmix": {}},
+                                      {"regmix": 7})
+    assert tokens == {"uniform": 0, "autoscale": 123, "ddo@160K": 123, "regmix": 7}
