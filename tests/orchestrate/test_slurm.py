@@ -566,3 +566,24 @@ def test_a_branch_whose_parent_is_cancelled_is_trained_from_scratch(slurm_cluste
     assert not row.get("branch_from")  # trained from step 0, the same WSD schedule
     second = first.with_name("proxy_array_1.sbatch")
     assert second.exists() and _dependency(second) is None
+
+
+def test_autoscale_mix_doremi_runs_on_the_cluster_like_in_process(slurm_cluster, prepared, tmp_path):
+    # The reference run, then the DoReMi proxy that reads its checkpoint: two submissions in
+    # order, and the same weights as the in-process executor gives.
+    from autoscale_ds.formats.schemas import load_mixture
+    from autoscale_ds.orchestrate.mix import mix_config_from, run_mix
+
+    def mix(name, executor):
+        return run_mix(mix_config_from({
+            "manifest": str(prepared.root / "manifest.yaml"), "method": "doremi",
+            "out": str(tmp_path / f"{name}.json"), "output_dir": str(tmp_path / name),
+            "domains": ["code", "docstrings"], "target_tokens": "1M",
+            "train": {**TRAIN, "max_epochs": 1}, "executor": executor,
+            "doremi": {"proxy_tokens": 2048, "reference_tokens": 1024}}))
+
+    on_cluster = mix("slurm", _executor(slurm_cluster))
+    assert on_cluster.trained == ["doremi-reference", "doremi-proxy"] and not on_cluster.failed
+    assert len(list((tmp_path / "slurm" / "slurm").glob("proxy_array_*.sbatch"))) == 2
+    mix("inprocess", {"kind": "inprocess"})
+    assert load_mixture(tmp_path / "slurm.json").weights == load_mixture(tmp_path / "inprocess.json").weights

@@ -49,10 +49,6 @@ def test_regmix_fits_its_proxies_and_a_rerun_trains_nothing(prepared, tmp_path):
 
 
 def test_doremi_reference_then_proxy_and_a_rerun_trains_nothing(prepared, tmp_path):
-    from autoscale_ds.train.config import TrainConfig
-
-    if "doremi" not in TrainConfig.__dataclass_fields__:
-        pytest.skip("the DoReMi trainer integration (TrainConfig.doremi) is not in this tree")
     config = _config(prepared, tmp_path, "doremi", proxy_tokens=2048, reference_tokens=1024)
     first = run_mix(config)
     assert first.trained == ["doremi-reference", "doremi-proxy"]
