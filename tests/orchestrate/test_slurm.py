@@ -586,4 +586,8 @@ def test_autoscale_mix_doremi_runs_on_the_cluster_like_in_process(slurm_cluster,
     assert on_cluster.trained == ["doremi-reference", "doremi-proxy"] and not on_cluster.failed
     assert len(list((tmp_path / "slurm" / "slurm").glob("proxy_array_*.sbatch"))) == 2
     mix("inprocess", {"kind": "inprocess"})
-    assert load_mixture(tmp_path / "slurm.json").weights == load_mixture(tmp_path / "inprocess.json").weights
+    # Equal up to float reduction order: a SLURM task and this process may run torch on
+    # different thread counts, so the last bits of the losses can differ.
+    in_process = load_mixture(tmp_path / "inprocess.json").weights
+    assert load_mixture(tmp_path / "slurm.json").weights == pytest.approx(in_process, abs=1e-6)
+    assert max(in_process.values()) - min(in_process.values()) > 1e-3  # the update moved them

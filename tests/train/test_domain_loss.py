@@ -341,8 +341,18 @@ def test_reduce_across_ranks_sums_two_gloo_ranks(tmp_path):
 
 
 def test_reduce_is_a_no_op_without_process_group():
-    local = _local_domain_loss(0)
-    assert reduce_across_ranks(local) is local
+    # In a fresh interpreter: a test that trained in this process leaves DeepSpeed's
+    # one-process group up (DeepSpeed caches it, so it cannot be torn down and rebuilt).
+    code = ("import torch, torch.distributed as dist\n"
+            "from autoscale_ds.train.domain_loss import DomainLoss, reduce_across_ranks\n"
+            "local = DomainLoss(torch.tensor(1.5), torch.tensor([2.0, 0.0]), torch.tensor([3, 0]))\n"
+            "assert not dist.is_initialized()\n"
+            "assert reduce_across_ranks(local) is local\n"
+            "print('identity')\n")
+    done = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "identity"
 
 
 # ---------------------------------------------------------------- tracker
