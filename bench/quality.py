@@ -54,6 +54,7 @@ interrupted benchmark continues where it stopped.
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -273,7 +274,7 @@ def _unheld_prediction(config, result):
 
 
 def _train_config(config, weights: Dict[str, float], target_tokens: float, seed: int,
-                  run_dir: Path, evals: int):
+                  run_dir: Path, evals: int, available_tokens: Optional[Dict[str, int]] = None):
     from autoscale_ds.orchestrate.sweep import sequence_and_batch, samples_to_tokens, whole_step_samples
     from autoscale_ds.train.config import TrainConfig
 
@@ -281,14 +282,34 @@ def _train_config(config, weights: Dict[str, float], target_tokens: float, seed:
     seq_len, batch = sequence_and_batch(settings)
     samples = whole_step_samples({d: w * target_tokens for d, w in weights.items()}, seq_len, batch)
     steps = sum(samples.values()) // batch
+    if available_tokens is not None:
+        settings["max_epochs"] = arm_epoch_cap(settings.get("max_epochs"), samples, seq_len,
+                                               available_tokens, run_dir.parent.name)
     settings.update(manifest=config.manifest, output_dir=str(run_dir), seed=seed,
                     run_id=run_dir.name, tokens_per_domain=samples_to_tokens(samples, seq_len),
                     eval_interval_steps=max(1, steps // evals), progress=False)
     return TrainConfig(**settings), seq_len * batch
 
 
+def arm_epoch_cap(max_epochs: Optional[float], samples: Dict[str, int], seq_len: int,
+                  available_tokens: Dict[str, int], arm: str) -> Optional[float]:
+    """The arm's ``max_epochs``: the pipeline's (a proxy's guard), raised to the whole epochs
+    the arm's mixture needs where it reads a domain past it. A method's answer is trained as it
+    is, not refused (e.g. DoReMi putting most weight on a small domain); the report marks the
+    arm REPEATS, as it then measures repetition too."""
+    if max_epochs is None:
+        return None
+    needed = max(samples[d] / max(1, available_tokens[d] // seq_len) for d in samples)
+    if needed <= max_epochs:
+        return max_epochs
+    logger.warning("arm %s reads a domain %.2f times: trained with max_epochs=%d (REPEATS)",
+                   arm, needed, math.ceil(needed))
+    return float(math.ceil(needed))
+
+
 def train_arms(config, weights: Dict[str, Dict[str, float]], target_tokens: float,
-               seeds: List[int], out: Path, evals: int) -> Dict[str, List[dict]]:
+               seeds: List[int], out: Path, evals: int,
+               available_tokens: Optional[Dict[str, int]] = None) -> Dict[str, List[dict]]:
     """The result rows of every arm, one per seed (in ``seeds`` order). Finished runs with
     the same config are reused; the missing ones run on the pipeline's executor (e.g. two
     local workers side by side), so the benchmark is as parallel as the proxies were."""
@@ -297,7 +318,7 @@ def train_arms(config, weights: Dict[str, Dict[str, float]], target_tokens: floa
 
     same_as = identical_arms(planned_tokens(config, weights, target_tokens))
     runs = {(arm, seed): ProxyRun(run_name(arm, seed), _train_config(
-        config, w, target_tokens, seed, out / run_name(arm, seed), evals)[0])
+        config, w, target_tokens, seed, out / run_name(arm, seed), evals, available_tokens)[0])
         for arm, w in weights.items() if arm not in same_as for seed in seeds}
     missing = [run for run in runs.values()
                if _finished(run.output_dir, run.config.fingerprint()) is None]
@@ -619,17 +640,17 @@ def main() -> int:
     methods, method_tokens = method_arms(config, [a for a in args.arms if a in METHOD_ARMS], out)
     weights.update(methods)
     weights.update(extra_arms(args.arm, list(weights["autoscale"]), weights))
-    rows = train_arms(config, weights, target_tokens, seeds, out, args.evals)
     from autoscale_ds.atomic import atomic_write_json
     from autoscale_ds.formats.manifest import load_manifest
     from autoscale_ds.errors import InputError
     from autoscale_ds.orchestrate.sweep import sequence_and_batch
 
     manifest = load_manifest(config.manifest)
+    available = {d: e.train.tokens for d, e in manifest.domains.items()}
+    rows = train_arms(config, weights, target_tokens, seeds, out, args.evals, available)
     seq_len, batch = sequence_and_batch(config.train)
     try:
-        results, bands = compare(rows, weights, seeds, seq_len * batch,
-                                 {d: e.train.tokens for d, e in manifest.domains.items()})
+        results, bands = compare(rows, weights, seeds, seq_len * batch, available)
     except InputError as exc:  # e.g. runs measured on different eval sets
         raise SystemExit(f"quality benchmark: {exc}") from None
     results["backtest"] = backtest

@@ -289,3 +289,14 @@ def test_method_arms_get_proxies_sized_by_the_pipelines_budgets(tmp_path):
     tokens = quality.proxy_tokens_of(config, {"uniform": {}, "autoscale": {}, "ddo@160K": {}, "regmix": {}},
                                       {"regmix": 7})
     assert tokens == {"uniform": 0, "autoscale": 123, "ddo@160K": 123, "regmix": 7}
+
+
+def test_an_arm_that_needs_more_than_the_proxies_epoch_cap_is_trained_and_flagged():
+    quality = _load_quality()
+    available = {"a": 64 * 100, "b": 64 * 1000}
+    # Within one epoch: the pipeline's cap stays, so finished runs keep their fingerprints.
+    assert quality.arm_epoch_cap(1, {"a": 100, "b": 10}, 64, available, "uniform") == 1
+    assert quality.arm_epoch_cap(None, {"a": 500, "b": 10}, 64, available, "x") is None
+    # 1.07 epochs of `a` (e.g. DoReMi's answer): trained with a cap of 2, not refused.
+    assert quality.arm_epoch_cap(1, {"a": 107, "b": 10}, 64, available, "doremi") == 2.0
+    assert quality.arm_epoch_cap(3, {"a": 350, "b": 10}, 64, available, "doremi") == 4.0
