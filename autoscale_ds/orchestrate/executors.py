@@ -14,11 +14,9 @@ the reason; the sweep goes on.
 
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
@@ -217,23 +215,3 @@ def make_executor(spec: dict, ranks: Optional[RankGroup] = None):
 
         return SlurmExecutor(**spec)
     raise InputError(f"executor kind must be inprocess, local or slurm, got {kind!r}")
-
-
-@contextmanager
-def sigterm_as_interrupt():
-    """SIGTERM (a job scheduler stopping the orchestrator) raises KeyboardInterrupt like
-    Ctrl-C, so that the same cleanup runs: queued jobs are cancelled, not left to train for
-    nobody. Only the main thread can set handlers; elsewhere only Ctrl-C arrives."""
-    def on_term(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = None
-    try:
-        previous = signal.signal(signal.SIGTERM, on_term)
-    except ValueError:
-        pass
-    try:
-        yield
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)

@@ -27,7 +27,7 @@ from ..formats.schemas import Mixture, save_mixture
 from ..loaders import read_yaml
 from .settings import (ConfigProblems, Problems, boolean, is_number, is_whole, mapping,
                        output_dir_problem, positive_number, text, text_list, token_count,
-                       unknown_keys)
+                       train_section, unknown_keys)
 
 logger = logging.getLogger(__name__)
 
@@ -127,12 +127,8 @@ class MixConfig:
 def _check_train(problems: Problems, train: Any) -> None:
     from ..train.config import TrainConfig
 
-    train = mapping(problems, "train", train, "{model_size: tiny, seq_len: 64}")
-    reserved = [k for k in train if k in RESERVED_TRAIN_KEYS]
-    if reserved:
-        problems.add("train", f"{reserved} are set by autoscale mix itself; remove them")
-    settable = [n for n in TrainConfig.__dataclass_fields__ if n not in RESERVED_TRAIN_KEYS]
-    unknown_keys(problems, "train", {k: v for k, v in train.items() if k not in reserved}, settable)
+    train_section(problems, train, "{model_size: tiny, seq_len: 64}", TrainConfig.__dataclass_fields__,
+                  RESERVED_TRAIN_KEYS, "autoscale mix")
 
 
 def _whole_at_least(minimum: int):

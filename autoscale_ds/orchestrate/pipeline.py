@@ -19,7 +19,7 @@ from ..formats.schemas import save_mixture
 from ..tables import human_tokens
 from ..yaml_config import load_yaml_config
 from .outputs import REPORT_FILE, publish, staging_dir
-from .executors import sigterm_as_interrupt
+from .interrupts import sigterm_as_interrupt
 from .runner import (StartedSweep, SweepResult, check_sweep, finish_sweep,
                      lock_output_dir, start_sweep)
 from .settings import (ConfigProblems, Problems, export_section, guard_problems, is_number,

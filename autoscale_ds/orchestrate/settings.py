@@ -144,6 +144,18 @@ def unknown_keys(problems: Problems, where: str, section: dict, known: Iterable[
             problems.add(f"{where}.{key}", f"unknown setting; {hint}known: {', '.join(known)}")
 
 
+def train_section(problems: Problems, value: Any, example: str, known: Iterable[str],
+                  reserved: Sequence[str], owner: str) -> None:
+    """A `train:` section: a mapping of training settings (``known``), none of the keys that
+    ``owner`` sets per run itself (``reserved``)."""
+    train = mapping(problems, "train", value, example)
+    taken = [k for k in train if k in reserved]
+    if taken:
+        problems.add("train", f"{taken} are set by {owner} itself; remove them")
+    unknown_keys(problems, "train", {k: v for k, v in train.items() if k not in taken},
+                 [name for name in known if name not in reserved])
+
+
 def weight_map(problems: Problems, where: str, value: Any, low: float, high: float,
                low_open: bool, high_open: bool) -> Dict[str, float]:
     """{domain or "*": weight} within bounds; a bare number stands for {"*": number}."""

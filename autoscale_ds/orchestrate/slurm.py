@@ -34,7 +34,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..atomic import atomic_write_json, atomic_write_text
 from ..errors import EXIT_RUN_FAILED, InputError
-from .executors import sigterm_as_interrupt
+from .interrupts import sigterm_as_interrupt
 from .runs_store import existing_result, failure_row
 from .slurm_client import job_of_script, require_slurm, sacct_state, sbatch, scancel, squeue
 from .slurm_render import (checked_settings, common_problems, environment_exports,

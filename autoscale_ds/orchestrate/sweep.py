@@ -21,7 +21,7 @@ from ..train.config import TrainConfig
 from ..train.plan import plan_samples
 from ..yaml_config import load_yaml_config
 from .settings import (ConfigProblems, Problems, boolean, ddo_section, is_number, is_whole, mapping,
-                       one_line, text, text_list, token_count, unknown_keys)
+                       one_line, text, text_list, token_count, train_section)
 
 logger = logging.getLogger(__name__)
 
@@ -124,12 +124,8 @@ def _check_base_weights(spec, problems: Problems) -> None:
 
 
 def _check_train(train, problems: Problems) -> None:
-    train = mapping(problems, "train", train, "{model_size: tiny, seq_len: 128}")
-    reserved = [k for k in train if k in _RESERVED_TRAIN_KEYS]
-    if reserved:
-        problems.add("train", f"{reserved} are set by the sweep itself; remove them")
-    settable = [name for name in TrainConfig.__dataclass_fields__ if name not in _RESERVED_TRAIN_KEYS]
-    unknown_keys(problems, "train", {k: v for k, v in train.items() if k not in reserved}, settable)
+    train_section(problems, train, "{model_size: tiny, seq_len: 128}", TrainConfig.__dataclass_fields__,
+                  _RESERVED_TRAIN_KEYS, "the sweep")
 
 
 @dataclass

@@ -6,7 +6,6 @@ move the weight to ``pattern``. Also: kill + resume gives byte-identical weights
 missing or mismatched reference is a clear error."""
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from autoscale_ds.data.indexed import build_store  # noqa: E402
 from autoscale_ds.errors import InputError  # noqa: E402
 from autoscale_ds.formats.manifest import DomainEntry, Manifest, SplitEntry, save_manifest  # noqa: E402
 from autoscale_ds.method.doremi import read_trajectory  # noqa: E402
+from test_train import _env, kill_train_when  # noqa: E402  (the training subprocess helpers)
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN = str(ROOT / "launchers" / "train.py")
@@ -52,16 +52,6 @@ def manifest(tmp_path_factory) -> Path:
             splits[split] = SplitEntry(f"{domain}/{split}", count, sum(len(d) for d in docs))
         manifest.domains[domain] = DomainEntry(splits["train"], splits["valid"])
     return save_manifest(manifest)
-
-
-def _env():
-    import os
-
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return env
 
 
 def _config(directory: Path, manifest: Path, name: str, **overrides) -> Path:
@@ -131,21 +121,10 @@ def test_trajectory_plot(runs, tmp_path):
     assert path.stat().st_size > 5000 and path.read_bytes()[:4] == b"\x89PNG"
 
 
-def _kill_when(config: Path, marker: Path) -> None:
-    process = subprocess.Popen([sys.executable, TRAIN, "--config", str(config)], env=_env(),
-                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not marker.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-
-
 @pytest.mark.slow
 def test_killed_doremi_run_resumes_to_byte_identical_weights(runs, tmp_path, manifest):
     proxy = _proxy(tmp_path, manifest, runs["root"] / "reference")
-    _kill_when(proxy, tmp_path / "proxy" / "checkpoints" / "step_00000008")
+    kill_train_when(proxy, tmp_path / "proxy" / "checkpoints" / "step_00000008")
     assert not (tmp_path / "proxy" / "result.json").exists()
     with open(tmp_path / "proxy" / "doremi_weights.jsonl", "a") as torn:  # a line cut short
         torn.write('{"step": 99, "weigh')

@@ -30,6 +30,19 @@ def _env():
     return env
 
 
+def kill_train_when(config_path, marker: Path) -> None:
+    """Start launchers/train.py on ``config_path`` and SIGKILL it as soon as ``marker`` exists
+    (a checkpoint, a branch point): a crash at a chosen moment, for the resume tests."""
+    process = subprocess.Popen([sys.executable, TRAIN, "--config", str(config_path)], env=_env(),
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not marker.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+
+
 def _config(tmp_path, prepared, name="run", **overrides):
     config = {
         "manifest": str(prepared.root / "manifest.yaml"), "output_dir": str(tmp_path / name),
@@ -117,15 +130,7 @@ def test_killed_run_resumes_to_the_same_losses(tmp_path, prepared):
     expected = _row(whole)["step_losses"]
     assert len(expected) == 20
     cut = _config(tmp_path, prepared, "cut", tokens_per_domain=budget, checkpoint_interval_steps=5)
-    process = subprocess.Popen([sys.executable, TRAIN, "--config", str(cut)], env=_env(), cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest = tmp_path / "cut" / "checkpoints" / "latest"
-    deadline = time.time() + 240
-    while not latest.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    kill_train_when(cut, tmp_path / "cut" / "checkpoints" / "latest")
     assert not (tmp_path / "cut" / "result.json").exists()
     _train(cut, launcher=[sys.executable])
     row = _row(cut)

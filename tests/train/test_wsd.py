@@ -5,10 +5,7 @@ resume after SIGKILL in a parent and in a branch, and the errors a wrong branch 
 import hashlib
 import json
 import math
-import signal
-import subprocess
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -234,15 +231,7 @@ def test_branch_reads_the_parents_samples_byte_for_byte(family, monkeypatch):
 
 
 def _kill_when(config_path, marker: Path):
-    process = subprocess.Popen([sys.executable, _helpers().TRAIN, "--config", str(config_path)],
-                               env=_helpers()._env(), cwd=_helpers().ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not marker.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    _helpers().kill_train_when(config_path, marker)
 
 
 def _same_result(a, b):
