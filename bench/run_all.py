@@ -23,8 +23,9 @@ BENCHMARKS = [
     ("domain loss", "bench_domain_loss.py", [], []),
     ("training overhead", "bench_train.py", ["--steps", "60", "--blocks", "6"],
      ["--steps", "12", "--blocks", "2"]),
-    # The quality benchmark at a small size in both modes (the full size takes ~1 h on 2 cores:
-    # run bench/quality.py on its own for it).
+    # The quality benchmark at a small size in both modes, every default arm (DoReMi at the
+    # largest quick budget, RegMix's 16 proxies at the smallest). The full size takes ~1.5 h on
+    # 2 cores: run bench/quality.py on its own for it.
     ("quality", "quality.py", ["--quick", "--seeds", "3", "--out", "{out}/quality_small"],
      ["--quick", "--out", "{out}/quality_quick"]),
     # The noise of one proxy measurement: full at the demo's smallest budget (two DDO sweeps and
