@@ -297,9 +297,11 @@ def arm_epoch_cap(max_epochs: Optional[float], samples: Dict[str, int], seq_len:
     the arm's mixture needs where it reads a domain past it. A method's answer is trained as it
     is, not refused (e.g. DoReMi putting most weight on a small domain); the report marks the
     arm REPEATS, as it then measures repetition too."""
+    from autoscale_ds.data.samples import samples_per_epoch
+
     if max_epochs is None:
         return None
-    needed = max(samples[d] / max(1, available_tokens[d] // seq_len) for d in samples)
+    needed = max(samples[d] / max(1, samples_per_epoch(available_tokens[d], seq_len)) for d in samples)
     if needed <= max_epochs:
         return max_epochs
     logger.warning("arm %s reads a domain %.2f times: trained with max_epochs=%d (REPEATS)",

@@ -31,6 +31,12 @@ def stable_hash(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little") >> 1
 
 
+def samples_per_epoch(num_tokens: int, seq_len: int) -> int:
+    """Whole samples of ``seq_len`` inputs one pass over ``num_tokens`` tokens gives (a sample
+    reads one token more, its last target)."""
+    return max(int(num_tokens) - 1, 0) // int(seq_len)
+
+
 @dataclass(frozen=True)
 class EpochPlan:
     domain: str
@@ -61,7 +67,7 @@ class DomainSamples:
         self._doc_lengths = lengths
         self._nonempty_docs = np.flatnonzero(lengths > 0)
         self.num_tokens = int(lengths.sum())
-        self.samples_per_epoch = max(self.num_tokens - 1, 0) // self.seq_len
+        self.samples_per_epoch = samples_per_epoch(self.num_tokens, self.seq_len)
         if self.samples_per_epoch == 0:
             raise InputError(f"domain {name!r} has {self.num_tokens:,} tokens, fewer than one "
                              f"sample of {self.seq_len + 1} tokens; add data or shorten seq_len")

@@ -293,7 +293,7 @@ def test_method_arms_get_proxies_sized_by_the_pipelines_budgets(tmp_path):
 
 def test_an_arm_that_needs_more_than_the_proxies_epoch_cap_is_trained_and_flagged():
     quality = _load_quality()
-    available = {"a": 64 * 100, "b": 64 * 1000}
+    available = {"a": 64 * 100 + 1, "b": 64 * 1000 + 1}  # 100 and 1000 samples of 64 per epoch
     # Within one epoch: the pipeline's cap stays, so finished runs keep their fingerprints.
     assert quality.arm_epoch_cap(1, {"a": 100, "b": 10}, 64, available, "uniform") == 1
     assert quality.arm_epoch_cap(None, {"a": 500, "b": 10}, 64, available, "x") is None
