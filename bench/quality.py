@@ -173,7 +173,8 @@ def method_arms(config, methods: List[str], out: Path) -> Tuple[Dict[str, Dict[s
     """The weights of the other methods' arms (``autoscale mix`` on the pipeline's corpus,
     domains, proxy model and executor; resumed like the pipeline) and their proxy tokens."""
     from autoscale_ds.formats.manifest import load_manifest
-    from autoscale_ds.orchestrate.mix import mix_config_from, run_mix
+    from autoscale_ds.orchestrate.mix import run_mix
+    from autoscale_ds.orchestrate.mix_config import mix_config_from
     from autoscale_ds.orchestrate.pipeline import mixture_domains
 
     domains = mixture_domains(config, load_manifest(config.manifest))

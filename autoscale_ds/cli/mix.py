@@ -50,7 +50,8 @@ def register(commands, formatter):
 
 
 def _mix(args) -> int:
-    from ..orchestrate.mix import RunsFailed, load_mix_config, run_mix
+    from ..orchestrate.mix import RunsFailed, run_mix
+    from ..orchestrate.mix_config import load_mix_config
 
     flags = {"method": args.method, "manifest": args.manifest, "out": args.out,
              "output_dir": args.output_dir, "target_tokens": args.target_tokens,

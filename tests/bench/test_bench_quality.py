@@ -272,7 +272,7 @@ def test_arms_are_checked_and_autoscale_is_always_one():
 
 
 def test_method_arms_get_proxies_sized_by_the_pipelines_budgets(tmp_path):
-    from autoscale_ds.orchestrate.mix import mix_config_from
+    from autoscale_ds.orchestrate.mix_config import mix_config_from
 
     quality = _load_quality()
     config = argparse.Namespace(manifest=str(tmp_path / "manifest.yaml"), budgets=[40_000, 160_000, 80_000],

@@ -129,7 +129,8 @@ def _regmix_settings(manifest, tmp_path):
 
 
 def test_regmix_leaves_failed_runs_out_of_the_fit_and_a_rerun_hands_over_nothing(manifest, tmp_path):
-    from autoscale_ds.orchestrate.mix import mix_config_from, run_mix
+    from autoscale_ds.orchestrate.mix import run_mix
+    from autoscale_ds.orchestrate.mix_config import mix_config_from
 
     config = mix_config_from(_regmix_settings(manifest, tmp_path))
     executor = _FakeExecutor(failing={"regmix-003"})

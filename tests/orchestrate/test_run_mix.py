@@ -6,7 +6,8 @@ import json
 import pytest
 
 from autoscale_ds.formats.schemas import load_mixture
-from autoscale_ds.orchestrate.mix import check_mix, mix_config_from, run_mix
+from autoscale_ds.orchestrate.mix import check_mix, run_mix
+from autoscale_ds.orchestrate.mix_config import mix_config_from
 
 pytest.importorskip("deepspeed")
 

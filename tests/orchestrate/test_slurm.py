@@ -572,7 +572,8 @@ def test_autoscale_mix_doremi_runs_on_the_cluster_like_in_process(slurm_cluster,
     # The reference run, then the DoReMi proxy that reads its checkpoint: two submissions in
     # order, and the same weights as the in-process executor gives.
     from autoscale_ds.formats.schemas import load_mixture
-    from autoscale_ds.orchestrate.mix import mix_config_from, run_mix
+    from autoscale_ds.orchestrate.mix import run_mix
+    from autoscale_ds.orchestrate.mix_config import mix_config_from
 
     def mix(name, executor):
         return run_mix(mix_config_from({
